@@ -1,0 +1,162 @@
+"""Qwen2 / Qwen2.5 decoder stack in Flax (linen), used as a text encoder.
+
+Numerically the same network as transformers' `Qwen2Model`: token embedding, RoPE, grouped-query attention with
+biases on q/k/v only, RMSNorm, SwiGLU MLP, final norm. What QZhou changes is only the mask (masks.py): bidirectional
+by default, causal on request, always combined with padding and optional packing segments.
+
+Every weight carries logical axis names (vocab, embed, heads, kv_heads, head_dim, mlp, layers) and the main
+activations are constrained by name (batch, length, embed, ...), so sharding.py maps them onto any mesh by rules.
+Layers are stacked and scanned (one compiled layer body for 28 layers) under a configurable remat policy.
+
+Parameter layout (HF names; `hf/` converts): q_proj kernel [embed, heads, head_dim], k/v [embed, kv_heads, head_dim],
+o_proj [heads, head_dim, embed], gate/up [embed, mlp], down [mlp, embed]; scanned leaves get a leading `layers` axis.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from qzhou_jax.model import masks
+from qzhou_jax.model.config import ModelConfig
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+def _init(config: ModelConfig, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+
+
+def _constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), _dtype(cfg.param_dtype))
+        # As transformers: normalise in fp32, cast back, then scale.
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+        return scale.astype(_dtype(cfg.dtype)) * x32.astype(_dtype(cfg.dtype))
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """RoPE in the rotate-half convention of transformers. x: [B, L, N, hd], positions: [B, L]."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, mask, positions):
+        cfg = self.config
+        hd, h, kv = cfg.head_size, cfg.num_heads, cfg.num_kv_heads
+        dense = lambda feats, axes, names, bias, name: nn.DenseGeneral(  # noqa: E731
+            feats, axis=axes, use_bias=bias, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
+            kernel_init=_init(cfg, names),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]), name=name)
+        q = dense((h, hd), -1, ("embed", "heads", "head_dim"), True, "q_proj")(x)
+        k = dense((kv, hd), -1, ("embed", "kv_heads", "head_dim"), True, "k_proj")(x)
+        v = dense((kv, hd), -1, ("embed", "kv_heads", "head_dim"), True, "v_proj")(x)
+        q = _constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
+        k = _constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        # Grouped-query attention without repeating K/V: query heads are viewed as [kv_heads, group].
+        b, length = q.shape[:2]
+        q = q.reshape(b, length, kv, h // kv, hd)
+        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
+        # A finite floor (not -inf) keeps fully masked padding rows finite; their outputs are never pooled.
+        logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, h, hd)
+        out = _constrain(out, ("batch", "length", "heads", "head_dim"))
+        return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=_dtype(cfg.dtype),
+                               param_dtype=_dtype(cfg.param_dtype),
+                               kernel_init=_init(cfg, ("heads", "head_dim", "embed")), name="o_proj")(out)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
+            feats, use_bias=False, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
+            kernel_init=_init(cfg, names), name=name)
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+        hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, mask, positions):
+        cfg = self.config
+        x = x + Attention(cfg, name="self_attn")(RMSNorm(cfg, name="input_layernorm")(x), mask, positions)
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
+        x = _constrain(x, ("batch", "length", "embed"))
+        if self.config.scan_layers:
+            return x, None
+        return x
+
+
+class Qwen2Encoder(nn.Module):
+    """input ids [B, L] (+ attention mask or segment ids) -> final hidden states [B, L, D] (after the last norm)."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, segment_ids=None):
+        cfg = self.config
+        if segment_ids is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+            segment_ids = masks.segment_ids_from_mask(attention_mask)
+        positions = masks.positions_from_segments(segment_ids)
+        mask = masks.attention_mask_4d(segment_ids, cfg.attention)
+
+        embedding = self.param(
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
+                                                      ("vocab", "embed")),
+            (cfg.vocab_size, cfg.hidden_size), _dtype(cfg.param_dtype))
+        x = jnp.take(embedding, input_ids, axis=0).astype(_dtype(cfg.dtype))
+        x = _constrain(x, ("batch", "length", "embed"))
+
+        layer_cls = DecoderLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
+                                 prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(cfg, name="layers")(x, mask, positions)
+        else:
+            for i in range(cfg.num_layers):
+                x = layer_cls(cfg, name=f"layers_{i}")(x, mask, positions)
+        return RMSNorm(cfg, name="norm")(x)

