@@ -39,6 +39,34 @@ def _constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+class Projection(nn.Module):
+    """A linear map with its kernel stored in its natural multi-axis shape (e.g. [embed, heads, head_dim]).
+
+    linen's DenseGeneral initialises a flattened kernel and reshapes it, which trips its own logical-axis
+    constraints under a mesh; here the kernel is created in its final shape, so axis names always fit.
+    """
+    config: ModelConfig
+    features: tuple[int, ...]
+    names: tuple[str, ...]       # logical names of the kernel's axes: input axes, then output axes
+    in_axes: int = 1             # how many trailing input axes are contracted
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        in_shape = x.shape[x.ndim - self.in_axes:]
+        kernel = self.param("kernel", _init(cfg, self.names), in_shape + self.features, _dtype(cfg.param_dtype))
+        dtype = _dtype(cfg.dtype)
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                (((tuple(range(x.ndim - self.in_axes, x.ndim))), tuple(range(self.in_axes))),
+                                 ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_axes:]),
+                              self.features, _dtype(cfg.param_dtype))
+            y = y + bias.astype(dtype)
+        return y
+
+
 class RMSNorm(nn.Module):
     config: ModelConfig
 
@@ -72,13 +100,9 @@ class Attention(nn.Module):
     def __call__(self, x, mask, positions):
         cfg = self.config
         hd, h, kv = cfg.head_size, cfg.num_heads, cfg.num_kv_heads
-        dense = lambda feats, axes, names, bias, name: nn.DenseGeneral(  # noqa: E731
-            feats, axis=axes, use_bias=bias, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
-            kernel_init=_init(cfg, names),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]), name=name)
-        q = dense((h, hd), -1, ("embed", "heads", "head_dim"), True, "q_proj")(x)
-        k = dense((kv, hd), -1, ("embed", "kv_heads", "head_dim"), True, "k_proj")(x)
-        v = dense((kv, hd), -1, ("embed", "kv_heads", "head_dim"), True, "v_proj")(x)
+        q = Projection(cfg, (h, hd), ("embed", "heads", "head_dim"), use_bias=True, name="q_proj")(x)
+        k = Projection(cfg, (kv, hd), ("embed", "kv_heads", "head_dim"), use_bias=True, name="k_proj")(x)
+        v = Projection(cfg, (kv, hd), ("embed", "kv_heads", "head_dim"), use_bias=True, name="v_proj")(x)
         q = _constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = _constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -92,9 +116,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, h, hd)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
-        return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=_dtype(cfg.dtype),
-                               param_dtype=_dtype(cfg.param_dtype),
-                               kernel_init=_init(cfg, ("heads", "head_dim", "embed")), name="o_proj")(out)
+        return Projection(cfg, (cfg.hidden_size,), ("heads", "head_dim", "embed"), in_axes=2, name="o_proj")(out)
 
 
 class MLP(nn.Module):
@@ -103,13 +125,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
-            feats, use_bias=False, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
-            kernel_init=_init(cfg, names), name=name)
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+        gate = Projection(cfg, (cfg.intermediate_size,), ("embed", "mlp"), name="gate_proj")(x)
+        up = Projection(cfg, (cfg.intermediate_size,), ("embed", "mlp"), name="up_proj")(x)
         hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+        return Projection(cfg, (cfg.hidden_size,), ("mlp", "embed"), name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):

@@ -1,0 +1,71 @@
+"""Demo: a tiny Qwen2-shaped model trained from scratch on slices of the shared data, on CPU in minutes.
+
+    python -m qzhou_jax.train --config configs/demo.py --workdir workdirs/demo            # stage 1 then 2
+    python -m qzhou_jax.train --config configs/demo.py:stage1 --workdir workdirs/demo1    # one stage
+
+Same code path as the real recipe (Grain mixture, sharded jit steps on the local devices, GradCache, Orbax
+checkpoints, HF export); only sizes shrink. With the argument "both" (default) it runs stage 1 then stage 2, stage 2
+initialised from stage 1's final params, like configs/stage1.py -> configs/stage2.py.
+"""
+import ml_collections
+
+from qzhou_jax.config_base import base
+
+INSTR = dict(
+    scifact="Given a scientific claim, retrieve documents that support or refute the claim",
+    trecqa="Given a question, retrieve sentences that answer it",
+    sts="Retrieve semantically similar text.",
+    banking77="Given a online banking query, find the corresponding intents",
+    sst2="Classify the sentiment expressed in the given movie review text",
+)
+RETRIEVAL = dict(max_len_query=32, max_len_passage=96, num_negatives=1)
+SYMMETRIC = dict(max_len_query=32, max_len_passage=32, num_negatives=1)
+
+
+def retrieval_datasets():
+    return [
+        dict(name="scifact", source="shared:scifact", split="train", instruction=INSTR["scifact"], **RETRIEVAL),
+        dict(name="trecqa", source="shared:trecqa", split="train", instruction=INSTR["trecqa"], max_examples=600,
+             **RETRIEVAL),
+    ]
+
+
+def other_datasets():
+    return [
+        dict(name="stsb", source="shared:stsb", split="train", instruction=INSTR["sts"], max_examples=2000,
+             **SYMMETRIC),
+        dict(name="banking77", source="shared:banking77", split="train", instruction=INSTR["banking77"],
+             max_examples=2000, **SYMMETRIC),
+    ]
+
+
+def get_config(arg="both"):
+    c = base()
+    c.model.preset = "demo"
+    c.model.dtype = "float32"      # bf16 matmuls are slow on CPU; the real stages use bf16
+    c.model.remat_policy = "none"
+    c.mesh.shape = (-1, 1, 1)
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 10
+    c.train.steps = 60
+    c.train.log_every = 10
+    c.checkpoint.every = 30
+    c.checkpoint.keep = 2
+    c.export.dtype = "float32"
+    c.data = dict(
+        datasets=retrieval_datasets(), alpha=0.5, eta=None, seed=0,
+        batch_size=dict(retrieval=16, pair_score=32, classification=16),
+        buckets=(16, 32, 64, 96), skip_invalid=False,
+    )
+    if arg == "stage1":
+        return c
+    c2 = c.copy_and_resolve_references()
+    c2.optim.lr = 5e-4
+    c2.data.datasets = retrieval_datasets() + other_datasets()
+    c2.data.eta = 0.72  # stage 2: 72% of batches from retrieval datasets (RECIPE 5)
+    if arg == "stage2":
+        return c2
+    if arg != "both":
+        raise ValueError(f"configs/demo.py takes 'both', 'stage1' or 'stage2', got {arg!r}")
+    # Both stages in one run: workdir/stage1, then workdir/stage2 initialised from stage 1's final params.
+    return ml_collections.ConfigDict(dict(stages=dict(stage1=c, stage2=c2)))

@@ -1,0 +1,135 @@
+"""Orbax checkpoints of a training run: state, Grain iterator, config; resume, fallback, stage hand-off.
+
+Layout: `WORKDIR/checkpoints/<step>/{state, data_iter, meta}`.
+- `state`: params, optimizer state and step (sharded arrays, restored straight into their shardings);
+- `data_iter`: the Grain iterator's state, one file per host (Grain's own Orbax handler);
+- `meta`: JSON with the model config, the run config and the RNG seed.
+Orbax writes every checkpoint to a temporary directory and renames it when complete, and deletes old ones only
+after a newer one is committed, so a crash mid-save never costs a finished checkpoint. A checkpoint that is
+still unreadable (disk corruption, a partial copy) is reported, moved aside and the previous one is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from qzhou_jax.model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("state", "data_iter", "meta")
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, *, every: int, keep: int, keep_best: bool = False, best_metric: str | None = None,
+                 best_mode: str = "max", async_save: bool = True) -> ocp.CheckpointManager:
+    best_fn = (lambda metrics: metrics[best_metric]) if keep_best and best_metric else None
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every, max_to_keep=keep, best_fn=best_fn, best_mode=best_mode,
+        keep_checkpoints_without_metrics=True, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS, item_handlers=handlers)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, *, force: bool = False,
+         metrics: dict | None = None) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                              meta=ocp.args.JsonSave(meta))
+    return manager.save(step, args=args, force=force, metrics=metrics)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter) -> tuple[Any, int, dict] | None:
+    """(state, step, meta) from the newest readable checkpoint, or None. Unreadable ones are moved aside."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - any failure to read means: not a usable checkpoint
+            _set_aside(manager, step, e)
+            continue
+        log.info("resumed from checkpoint step %d", step)
+        return restored["state"], step, restored["meta"]
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+    directory = os.path.join(str(manager.directory), str(step))
+    aside = f"{directory}.corrupt-{int(time.time())}"
+    message = (f"checkpoint step {step} in {manager.directory} is unreadable "
+               f"({type(error).__name__}: {str(error)[:300]}); moved to {aside}, trying the previous one")
+    log.warning(message)
+    print(f"WARNING: {message}", flush=True)
+    if jax.process_index() == 0 and os.path.isdir(directory):
+        os.rename(directory, aside)
+    manager.reload()
+
+
+def model_config_to_dict(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def model_config_from_dict(raw: dict) -> ModelConfig:
+    return ModelConfig(**raw)
+
+
+def restore_params(workdir: str, step: int | None = None, shardings=None) -> tuple[Any, ModelConfig, dict]:
+    """Params only (no optimizer state) from a training workdir: stage hand-off, export, evaluation.
+
+    Returns (params, model_config, meta). `shardings`: a params-shaped pytree of shardings, or None to restore
+    onto the default device.
+    """
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
+                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                   "meta": ocp.JsonCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoint under {checkpoint_dir(workdir)}")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoint for step {step}; available: {sorted(steps)}")
+    candidates = [step] if step is not None else steps
+    last_error = None
+    for candidate in candidates:
+        try:
+            meta = manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            config = model_config_from_dict(meta["model_config"])
+            metadata = manager.item_metadata(candidate)["state"]
+            params_meta = metadata["params"] if isinstance(metadata, dict) else metadata.params
+            default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            target = jax.tree.map(
+                lambda m, s=None: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s or default), params_meta)
+            if shardings is not None:
+                target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                                      params_meta, shardings)
+            restored = manager.restore(candidate, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item={"params": target}, restore_args=jax.tree.map(
+                    lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), {"params": target}),
+                    partial_restore=True)))
+            return restored["state"]["params"], config, {**meta, "step": candidate}
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if step is not None:
+                raise
+            last_error = e
+            log.warning("checkpoint step %d unreadable (%s); trying an older one", candidate, e)
+    raise RuntimeError(f"{workdir}: no readable checkpoint ({last_error})")
+
+
+def is_workdir(path: str) -> bool:
+    return os.path.isdir(checkpoint_dir(path))

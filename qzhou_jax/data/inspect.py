@@ -1,0 +1,127 @@
+"""Inspect a config's data pipeline: datasets, sizes, sampling probabilities, decoded batches, length histograms,
+skipped-row counts.
+
+    python -m qzhou_jax.data.inspect --config configs/data_example.py [--batches 3] [--hist-batches 50]
+        [--tokenizer DIR] [--process-count N]
+
+`--config` names an ml_collections config file with get_config(); "file.py:arg" passes arg to get_config.
+Its `data` field is read (see spec.py); a config that is itself the data block also works.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qzhou_jax.data.pipeline import build_pipeline, load_datasets, mixture_info
+from qzhou_jax.data.spec import DataConfig
+
+
+def load_config(arg: str):
+    """get_config() of a Python config file ("path.py" or "path.py:arg")."""
+    path, _, config_arg = arg.partition(".py:")
+    path = path if path.endswith(".py") else path + ".py"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path}: defines no get_config()")
+    return module.get_config(config_arg) if config_arg else module.get_config()
+
+
+def data_block(config):
+    return config.data if "data" in config else config
+
+
+def _decode(tokenizer, ids, mask) -> str:
+    return tokenizer.decode(ids[mask.astype(bool)].tolist())
+
+
+def describe_batch(step: int, batch, info, tokenizer, examples: int = 2, width: int = 160) -> str:
+    d = int(batch["dataset_id"][0])
+    lines = [f"step {step}: dataset {info.names[d]} ({info.tasks[d]}), "
+             + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())]
+    for i in range(min(examples, len(batch["dataset_id"]))):
+        anchor = _decode(tokenizer, batch["anchor_ids"][i], batch["anchor_mask"][i])
+        lines.append(f"  [{i}] anchor: {anchor[:width]!r}")
+        for c in range(batch["cand_ids"].shape[1]):
+            if batch["cand_valid"][i, c]:
+                text = _decode(tokenizer, batch["cand_ids"][i, c], batch["cand_mask"][i, c])
+                lines.append(f"      cand {c}: {text[:width]!r}")
+        if info.tasks[d] == "pair_score":
+            lines.append(f"      score {batch['score'][i]:.3f}")
+        if info.label_vocabularies[d]:
+            names = {v: k for k, v in info.label_vocabularies[d].items()}
+            lines.append("      labels " + str([names.get(int(x), "-") for x in batch["labels"][i]]))
+    return "\n".join(lines)
+
+
+def length_histograms(batches, info, data: DataConfig) -> str:
+    """Token lengths per dataset and side, counted into the configured buckets; 'at max' = truncated or exact."""
+    lengths = collections.defaultdict(list)
+    for batch in batches:
+        d = int(batch["dataset_id"][0])
+        lengths[(d, "anchor")].extend(batch["anchor_mask"].sum(-1).tolist())
+        cand = batch["cand_mask"].sum(-1)[batch["cand_valid"]]
+        lengths[(d, "candidates")].extend(cand.tolist())
+    lines = []
+    for (d, side), values in sorted(lengths.items()):
+        spec = data.datasets[d]
+        max_len = spec.max_len_query if side == "anchor" else spec.max_len_passage
+        edges = sorted({b for b in data.buckets if b < max_len} | {max_len})
+        values = np.asarray(values)
+        counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges))[: len(edges)]
+        lines.append(f"{info.names[d]} {side}: n={len(values)} mean={values.mean():.1f} max={values.max()} "
+                     f"at max_len {max_len}: {np.mean(values >= max_len):.1%}")
+        peak = max(counts.max(), 1)
+        lo = 0
+        for edge, count in zip(edges, counts):
+            lines.append(f"  {lo + 1:>5}-{edge:<5} {count:>7} {'#' * int(40 * count / peak)}")
+            lo = edge
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--batches", type=int, default=3, help="decoded batches to print")
+    parser.add_argument("--hist-batches", type=int, default=50, help="batches for the length histograms")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: built-in Qwen2.5)")
+    parser.add_argument("--process-count", type=int, default=1, help="hosts to divide the global batch by")
+    args = parser.parse_args(argv)
+
+    data = DataConfig.from_config(data_block(load_config(args.config)))
+    datasets, counter = load_datasets(data)
+    info = mixture_info(data, datasets, counter, args.process_count)
+    print("== mixture (alpha={}, eta={})".format(data.alpha, data.eta))
+    print(info.table())
+    print("\n== skipped rows")
+    print(counter.report() or "none")
+
+    from qzhou_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    dataset, info = build_pipeline(data, tokenizer, process_index=0, process_count=args.process_count,
+                                   datasets=datasets, counter=counter)
+    iterator = iter(dataset)
+    batches = [next(iterator) for _ in range(max(args.batches, args.hist_batches))]
+    print(f"\n== first {args.batches} batches (host 0 of {args.process_count})")
+    for step, batch in enumerate(batches[: args.batches]):
+        print(describe_batch(step, batch, info, tokenizer))
+    print(f"\n== token lengths over {len(batches)} batches")
+    print(length_histograms(batches, info, data))
+    steps = collections.Counter(int(b["dataset_id"][0]) for b in batches)
+    print("\n== dataset share in those batches: "
+          + ", ".join(f"{info.names[d]} {n / len(batches):.2f} (p={info.probabilities[d]:.2f})"
+                      for d, n in sorted(steps.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

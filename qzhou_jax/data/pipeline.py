@@ -1,0 +1,186 @@
+"""Config -> per-host Grain pipeline of homogeneous batches, plus a description of the mixture.
+
+    dataset, info = build_pipeline(config.data, tokenizer, process_index=0, process_count=1, seed=0)
+    it = iter(dataset)            # grain DatasetIterator; it.get_state() / it.set_state(state) resume exactly
+    batch = next(it)              # numpy dict in the layout of tokenize.py, one dataset per batch
+
+Loading reads every dataset into memory as samples (`load_datasets`); sizes n_i count the samples the stream
+draws from (after one-sample-per-positive expansion and both_directions). With `tokenizer=None` the pipeline
+yields text batches (anchor / candidates strings, sample positions) instead of token arrays, for sampling
+checks and inspection without a tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from qzhou_jax.data import adapters, mixture, shared_data, sources
+from qzhou_jax.data.errors import DataError, SkipCounter
+from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
+from qzhou_jax.data.spec import DataConfig, DatasetSpec
+from qzhou_jax.data.tokenize import Collator, ExampleBuilder, TokenizeSpec, label_vocabulary
+from qzhou_jax.data.transforms import LabelIndex, both_directions
+
+
+def _expand(path: str) -> str:
+    return path.replace("{data_dir}", str(shared_data.data_dir()))
+
+
+def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
+    """The samples of one dataset, before max_examples / both_directions; bad rows go through `counter`."""
+    def invalid(err: DataError) -> None:
+        counter.invalid(spec.name, err)
+
+    if spec.kind == "shared":
+        local = SkipCounter(skip_invalid=counter.skip_invalid)
+        samples = shared_data.read_shared(spec.location, spec.split, local)
+        counter.absorb(local, spec.name)
+        return samples
+    if spec.kind == "beir":
+        beir = sources.read_beir_folder(_expand(spec.location), spec.split, invalid)
+        return shared_data.beir_samples(beir, spec.instruction)
+    path = _expand(spec.location)
+    if spec.kind == "jsonl":
+        rows = sources.read_jsonl(path, invalid)
+    elif spec.kind == "parquet":
+        rows = sources.read_parquet(path)
+    elif spec.kind == "hf_disk":
+        rows = sources.read_hf_disk(path, spec.split)
+    elif spec.kind == "tfds":
+        rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and _expand(spec.data_dir))
+    else:
+        raise ValueError(f"{spec.name}: unknown source kind {spec.kind!r}")
+    transform = spec.transform or adapters.DEFAULT_TRANSFORM[spec.task]
+    adapter, _ = adapters.get_adapter(transform, spec.fields)
+    if adapter.task != spec.task:
+        raise ValueError(f"{spec.name}: transform {transform!r} makes {adapter.task!r} samples, task is {spec.task!r}")
+    options = adapters.AdapterOptions(spec.instruction, spec.max_chars, spec.max_words, spec.label_names)
+    return adapters.samples_from_rows(rows, transform, spec.fields, options, invalid)
+
+
+def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
+    """read_samples + max_examples + both_directions + dropping single-text classification labels.
+
+    max_examples keeps a seeded random subset (file order preserved): files sorted by label or topic would
+    otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
+    """
+    samples = read_samples(spec, counter)
+    if spec.max_examples is not None and len(samples) > spec.max_examples:
+        rng = np.random.default_rng([seed, *spec.name.encode()])
+        keep = np.sort(rng.choice(len(samples), size=spec.max_examples, replace=False))
+        samples = [samples[i] for i in keep]
+    if spec.task == PAIR_SCORE and spec.both_directions:
+        samples = both_directions(samples)
+    if spec.task == CLASSIFICATION:
+        for label in LabelIndex(samples).singleton_labels():
+            counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
+                                                              f"can be drawn for it"))
+            samples = [s for s in samples if s.label != label]
+    if not samples:
+        raise ValueError(f"{spec.name} ({spec.source}, split {spec.split!r}): no samples")
+    return samples
+
+
+@dataclasses.dataclass
+class LoadedDataset:
+    spec: DatasetSpec
+    samples: list
+
+
+def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
+    config = DataConfig.from_config(config)
+    counter = counter or SkipCounter(skip_invalid=config.skip_invalid)
+    return [LoadedDataset(spec, load_samples(spec, counter, config.seed)) for spec in config.datasets], counter
+
+
+@dataclasses.dataclass
+class MixtureInfo:
+    names: list[str]
+    tasks: list[str]
+    sizes: list[int]
+    probabilities: np.ndarray
+    batch_sizes: list[int]  # global, per dataset
+    num_candidates: list[int]
+    label_vocabularies: list[dict[str, int] | None]
+    skipped: SkipCounter
+    process_count: int = 1
+
+    def table(self) -> str:
+        head = f"{'id':>3}  {'dataset':<20} {'task':<15} {'size':>9} {'p':>7} {'batch':>6} {'C':>3}"
+        rows = [head, "-" * len(head)]
+        for i, name in enumerate(self.names):
+            rows.append(f"{i:>3}  {name:<20} {self.tasks[i]:<15} {self.sizes[i]:>9} {self.probabilities[i]:>7.4f} "
+                        f"{self.batch_sizes[i]:>6} {self.num_candidates[i]:>3}")
+        return "\n".join(rows)
+
+
+def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counter: SkipCounter | None = None,
+                 process_count: int = 1) -> MixtureInfo:
+    """Datasets, sizes, sampling probabilities, task types (loads the data unless `datasets` is given)."""
+    config = DataConfig.from_config(config)
+    if datasets is None:
+        datasets, counter = load_datasets(config, counter)
+    tasks = [d.spec.task for d in datasets]
+    sizes = [len(d.samples) for d in datasets]
+    p = mixture.sampling_probabilities(sizes, tasks, config.alpha, config.eta, [d.spec.weight for d in datasets])
+    for task in set(tasks):
+        if task not in config.batch_size:
+            raise ValueError(f"config.data.batch_size has no entry for task {task!r}")
+    return MixtureInfo(
+        names=[d.spec.name for d in datasets], tasks=tasks, sizes=sizes, probabilities=p,
+        batch_sizes=[int(config.batch_size[t]) for t in tasks],
+        num_candidates=[d.spec.num_candidates for d in datasets],
+        label_vocabularies=[label_vocabulary(d.samples) if d.spec.task == CLASSIFICATION else None
+                            for d in datasets],
+        skipped=counter or SkipCounter(), process_count=process_count)
+
+
+def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch function without a tokenizer: strings stay lists, numbers become arrays."""
+    return {
+        "anchor": [e["anchor"] for e in examples],
+        "candidates": [e["candidates"] for e in examples],
+        "cand_valid": np.array([e["cand_valid"] for e in examples], dtype=bool),
+        "score": np.array([e["score"] for e in examples], dtype=np.float32),
+        "labels": np.array([e["labels"] for e in examples], dtype=np.int32),
+        "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
+        "position": np.array([e["position"] for e in examples], dtype=np.int64),
+    }
+
+
+def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = None,
+                   process_count: int | None = None, seed: int | None = None,
+                   datasets: Sequence[LoadedDataset] | None = None,
+                   counter: SkipCounter | None = None) -> tuple[grain.IterDataset, MixtureInfo]:
+    """(Grain IterDataset of per-host batches, MixtureInfo). Host defaults come from JAX when not given;
+    `seed` defaults to config.data.seed; pass `datasets` to reuse already loaded samples."""
+    config = DataConfig.from_config(data_config)
+    if process_index is None or process_count is None:
+        import jax  # only for the defaults: the data code itself runs without JAX
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    seed = config.seed if seed is None else int(seed)
+    if datasets is None:
+        datasets, counter = load_datasets(config, counter)
+    info = mixture_info(config, datasets, counter, process_count)
+
+    streams = []
+    for i, d in enumerate(datasets):
+        spec = TokenizeSpec(
+            dataset_id=i, task=d.spec.task, num_candidates=d.spec.num_candidates,
+            max_len_query=d.spec.max_len_query, max_len_passage=d.spec.max_len_passage,
+            symmetric=d.spec.prompts_candidates, instruction=d.spec.instruction, prompt_sep=config.prompt_sep,
+            label_ids=info.label_vocabularies[i])
+        batch_fn = text_batch if tokenizer is None else Collator(tokenizer, spec, config.buckets)
+        streams.append(mixture.dataset_stream(
+            len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
+            host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),
+            process_index=process_index, process_count=process_count, batch_fn=batch_fn))
+    mixed = mixture.StepMixture(streams, info.probabilities, seed)
+    read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_buffer_size)
+    return mixed.to_iter_dataset(read_options), info

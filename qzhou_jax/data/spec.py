@@ -1,0 +1,170 @@
+"""The data part of a training config (`config.data`, an ml_collections ConfigDict or plain dict), checked.
+
+config.data fields (defaults in brackets):
+  datasets          list of dicts, one per dataset (fields below)
+  alpha             sampling exponent: p_i proportional to weight_i * n_i^alpha [0.5]
+  eta               stage-2 retrieval share, or None for plain n^alpha sampling [None]
+  batch_size        GLOBAL batch size per task type [{"retrieval": 256, "pair_score": 768, "classification": 256}]
+  buckets           padded sequence lengths (each side also gets its own max length as last bucket)
+                    [(32, 64, 128, 256, 512, 1024, 1536)]
+  seed              shuffling, sampling and dataset-choice seed [0]
+  skip_invalid      count and skip malformed rows instead of raising [False]
+  prompt_sep        text between "Query:" and the text [" "]
+  num_threads       Grain read threads [2];  prefetch_buffer_size  Grain prefetch depth [4]
+  defaults          dict of dataset fields applied to every dataset unless it sets them [{}]
+
+Dataset dict fields:
+  name              unique name (reports, dataset_id order = list order)
+  source            "shared:<name>" | "jsonl:<path>" (plain or .gz) | "parquet:<path>" | "hf_disk:<path>" |
+                    "tfds:<name>" | "beir:<folder>"; "{data_dir}" in a path expands to the shared data folder
+  task              "retrieval" | "pair_score" | "classification" (shared and beir sources know theirs)
+  split             split name (shared, hf_disk with a DatasetDict, tfds, beir) [train]
+  transform         row adapter (see adapters.py) [retrieval / sts / classification by task]
+  fields            adapter field renames, e.g. {"query": "title"} [{}]
+  instruction       instruction for format_query; a row's own prompt wins [""]
+  symmetric         prompt candidates too [True for pair_score and classification, False for retrieval]
+  num_negatives     hard negatives (retrieval) / drawn negatives (classification): C = 1 + num_negatives [4]
+  max_len_query, max_len_passage   token limits of anchor / candidates [256, 1536]
+  weight            multiplies the dataset's sampling mass [1.0]
+  max_examples      keep a seeded random N of the samples read, in file order (demo slices) [None]
+  both_directions   pair_score: also emit (b, a, s) [True]
+  data_dir          tfds data_dir [None];  label_names  int label id -> name [None]
+  max_chars, max_words   title_body truncation [None]
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
+from qzhou_jax.data.shared_data import SHARED_DATASETS
+
+SOURCE_KINDS = ("shared", "jsonl", "parquet", "hf_disk", "tfds", "beir")
+DEFAULT_BATCH_SIZE = {"retrieval": 256, "pair_score": 768, "classification": 256}
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 1536)
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / FrozenConfigDict / FieldReference -> plain python."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "get") and hasattr(value, "set") and not isinstance(value, Mapping):  # FieldReference
+        return value.get()
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str
+    task: str | None = None
+    split: str = "train"
+    transform: str | None = None
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    instruction: str = ""
+    symmetric: bool | None = None
+    num_negatives: int = 4
+    max_len_query: int = 256
+    max_len_passage: int = 1536
+    weight: float = 1.0
+    max_examples: int | None = None
+    both_directions: bool = True
+    data_dir: str | None = None
+    label_names: tuple[str, ...] | None = None
+    max_chars: int | None = None
+    max_words: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def location(self) -> str:
+        return self.source.split(":", 1)[1]
+
+    @property
+    def prompts_candidates(self) -> bool:
+        return self.task != RETRIEVAL if self.symmetric is None else bool(self.symmetric)
+
+    @property
+    def num_candidates(self) -> int:
+        return 1 if self.task == PAIR_SCORE else 1 + self.num_negatives
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str, defaults: Mapping[str, Any] = {}) -> "DatasetSpec":
+        raw = {**_plain(defaults), **_plain(raw)}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(raw) - known):
+            raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        for key in ("name", "source"):
+            if not raw.get(key):
+                raise ValueError(f"{where}: field {key!r} is missing")
+        where = f"{where} ({raw['name']!r})"
+        kind = str(raw["source"]).split(":", 1)[0]
+        if ":" not in str(raw["source"]) or kind not in SOURCE_KINDS:
+            raise ValueError(f"{where}: source {raw['source']!r} must be '<kind>:<location>' with kind in "
+                             f"{SOURCE_KINDS}")
+        if kind == "beir":
+            raw.setdefault("task", RETRIEVAL)
+        if kind == "shared":
+            shared = str(raw["source"]).split(":", 1)[1]
+            if shared not in SHARED_DATASETS:
+                raise ValueError(f"{where}: unknown shared dataset {shared!r}; available: {sorted(SHARED_DATASETS)}")
+            if raw.get("task") not in (None, SHARED_DATASETS[shared].task):
+                raise ValueError(f"{where}: shared:{shared} is {SHARED_DATASETS[shared].task!r} data, "
+                                 f"not {raw['task']!r}")
+            raw["task"] = SHARED_DATASETS[shared].task
+        if raw.get("task") is not None:
+            check_task(raw["task"], where)
+        else:
+            raise ValueError(f"{where}: field 'task' is missing (one of {TASK_TYPES})")
+        if raw.get("label_names") is not None:
+            raw["label_names"] = tuple(raw["label_names"])
+        raw["fields"] = dict(raw.get("fields") or {})
+        spec = cls(**raw)
+        for key in ("num_negatives", "max_len_query", "max_len_passage"):
+            if not isinstance(getattr(spec, key), int) or getattr(spec, key) < (0 if key == "num_negatives" else 1):
+                raise ValueError(f"{where}: field {key!r} = {getattr(spec, key)!r} is invalid")
+        if spec.weight <= 0:
+            raise ValueError(f"{where}: field 'weight' must be positive")
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    datasets: tuple[DatasetSpec, ...]
+    alpha: float = 0.5
+    eta: float | None = None
+    batch_size: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BATCH_SIZE))
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    seed: int = 0
+    skip_invalid: bool = False
+    prompt_sep: str = " "
+    num_threads: int = 2
+    prefetch_buffer_size: int = 4
+
+    @classmethod
+    def from_config(cls, data: Any) -> "DataConfig":
+        if isinstance(data, DataConfig):
+            return data
+        raw = dict(_plain(data))
+        known = {f.name for f in dataclasses.fields(cls)} | {"defaults"}
+        if unknown := sorted(set(raw) - known):
+            raise ValueError(f"config.data: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        defaults = raw.pop("defaults", None) or {}
+        datasets = raw.pop("datasets", None)
+        if not datasets:
+            raise ValueError("config.data.datasets is missing or empty")
+        specs = tuple(DatasetSpec.from_dict(d, f"config.data.datasets[{i}]", defaults)
+                      for i, d in enumerate(_plain(datasets)))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"config.data.datasets: duplicate names in {names}")
+        if "batch_size" in raw:
+            raw["batch_size"] = {**DEFAULT_BATCH_SIZE, **dict(_plain(raw["batch_size"]))}
+            if unknown := sorted(set(raw["batch_size"]) - set(TASK_TYPES)):
+                raise ValueError(f"config.data.batch_size: unknown task types {unknown}")
+        if "buckets" in raw:
+            raw["buckets"] = tuple(int(b) for b in _plain(raw["buckets"]))
+        return cls(datasets=specs, **raw)

@@ -1,0 +1,323 @@
+"""Our `TextEncoder` behind the `mteb` package's encoder protocol, with QZhou's instruction rules.
+
+mteb is an optional extra (`pip install qzhou-jax[mteb]`) and is never imported here: the adapter is duck
+typed against both call styles mteb has used.
+  v2 (mteb >= 2.0, models_protocols.EncoderProtocol):
+      encode(inputs: DataLoader[BatchedInput], *, task_metadata, hf_split, hf_subset, prompt_type=None, **kw)
+      inputs yields batches {"text": [str, ...], ...}; task_metadata has .name and .type.
+  v1 (mteb 1.x; QZhou's published scores used mteb 1.38.30):
+      encode(sentences: list[str], task_name=..., prompt_type=..., **kw)
+prompt_type is mteb's PromptType enum (or its value): "query", "document" (v2) / "passage" (v1), or None
+for symmetric tasks, which mteb encodes without a side.
+
+Instruction rules (QZhou's run_mteb_all_v2.py / run_cmteb_all.py, RECIPE section 1): the instruction is
+looked up by task name. Queries always get it. Documents get it only for symmetric tasks: task types STS,
+PairClassification, Classification, Clustering, Reranking, Summarization, plus tasks QZhou listed by name
+(e.g. ArguAna and the CQADupstack retrieval tasks), so for Retrieval only the query side is prompted.
+The instruction is handed to the encoder as `instruction=`; the encoder owns the template.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from qzhou_jax.eval import TextEncoder
+
+_STS = "Retrieve semantically similar text"
+_WEB = "Given a web search query, retrieve relevant passages that answer the query"
+
+# QZhou's published instructions: task_to_instructions_v2.json (MTEB eng v2) and run_cmteb_all.py (CMTEB).
+QZHOU_INSTRUCTIONS: dict[str, str] = {
+    # MTEB(eng, v2)
+    "AmazonCounterfactualClassification": (
+        "Classify a given Amazon customer review text as either counterfactual or "
+        "not-counterfactual"),
+    "ArXivHierarchicalClusteringP2P": (
+        "Identify the main and secondary category of Arxiv papers based on the titles and "
+        "abstracts"),
+    "ArXivHierarchicalClusteringS2S": "Identify the main and secondary category of Arxiv papers based on the titles",
+    "ArguAna": "Given a claim, find documents that refute the claim",
+    "AskUbuntuDupQuestions": "Retrieve duplicate questions from AskUbuntu forum",
+    "BIOSSES": _STS,
+    "Banking77Classification": "Given a online banking query, find the corresponding intents",
+    "BiorxivClusteringP2P.v2": "Identify the main category of Biorxiv papers based on the titles and abstracts",
+    "CQADupstackGamingRetrieval": (
+        "Given a question, retrieve detailed question descriptions from Stackexchange that are "
+        "duplicates to the given question"),
+    "CQADupstackUnixRetrieval": (
+        "Given a question, retrieve detailed question descriptions from Stackexchange that are "
+        "duplicates to the given question"),
+    "ClimateFEVERHardNegatives": (
+        "Given a claim about climate change, retrieve documents that support or refute the claim"),
+    "FEVERHardNegatives": "Given a claim, retrieve documents that support or refute the claim",
+    "FiQA2018": "Given a financial question, retrieve user replies that best answer the question",
+    "HotpotQAHardNegatives": "Given a multi-hop question, retrieve documents that can help answer the question",
+    "ImdbClassification": "Classify the sentiment expressed in the given movie review text from the IMDB dataset",
+    "MTOPDomainClassification": "Classify the intent domain of the given utterance in task-oriented conversation",
+    "MassiveIntentClassification": "Given a user utterance as query, find the user intents",
+    "MassiveScenarioClassification": "Given a user utterance as query, find the user scenarios",
+    "MedrxivClusteringP2P": "Identify the main category of Medrxiv papers based on the titles and abstracts",
+    "MedrxivClusteringS2S": "Identify the main category of Medrxiv papers based on the titles",
+    "MindSmallReranking": "Retrieve relevant news articles based on user browsing history",
+    "SCIDOCS": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
+    "SICK-R": _STS,
+    "STS12": _STS, "STS13": _STS, "STS14": _STS, "STS15": _STS, "STS17": _STS, "STS22.v2": _STS,
+    "STSBenchmark": _STS,
+    "SprintDuplicateQuestions": "Retrieve duplicate questions from Sprint forum",
+    "StackExchangeClustering.v2": "Identify the topic or theme of StackExchange posts based on the titles",
+    "StackExchangeClusteringP2P.v2": (
+        "Identify the topic or theme of StackExchange posts based on the given paragraphs"),
+    "SummEvalSummarization.v2": _STS,
+    "TRECCOVID": "Given a query on COVID-19, retrieve documents that answer the query",
+    "Touche2020Retrieval.v3": "Given a question, retrieve detailed and persuasive arguments that answer the question",
+    "ToxicConversationsClassification": "Classify the given comments as either toxic or not toxic",
+    "TweetSentimentExtractionClassification": (
+        "Classify the sentiment of a given tweet as either positive, negative, or neutral"),
+    "TwentyNewsgroupsClustering.v2": "Identify the topic or theme of the given news articles",
+    "TwitterSemEval2015": "Retrieve tweets that are semantically similar to the given tweet",
+    "TwitterURLCorpus": "Retrieve tweets that are semantically similar to the given tweet",
+    # MTEB(cmn, v1)
+    "EcomRetrieval": (
+        "Given a user query from an e-commerce website, retrieve description sentences of relevant "
+        "products"),
+    "MedicalRetrieval": "Given a medical question, retrieve user replies that best answer the question",
+    "CMedQAv1-reranking": (
+        "Given a Chinese community medical question, retrieve replies that best answer the "
+        "question"),
+    "CMedQAv2-reranking": (
+        "Given a Chinese community medical question, retrieve replies that best answer the "
+        "question"),
+    "ATEC": _STS, "BQ": _STS, "LCQMC": _STS, "PAWSX": _STS, "STSB": _STS, "AFQMC": _STS, "QBQTC": _STS,
+    "TNews": "Classify the fine-grained category of the given news title",
+    "IFlyTek": "Given an App description text, find the appropriate fine-grained category",
+    "MultilingualSentiment": "Classify sentiment of the customer review into positive, neutral, or negative",
+    "JDReview": "Classify the customer review for iPhone on e-commerce platform into positive or negative",
+    "OnlineShopping": "Classify the customer review for online shopping into positive or negative",
+    "Waimai": "Classify the customer review from a food takeaway platform into positive or negative",
+    "Ocnli": "Retrieve semantically similar text.",
+    "Cmnli": "Retrieve semantically similar text.",
+    "CLSClusteringP2P": "Identify the main category of scholar papers based on the titles and abstracts",
+    "CLSClusteringS2S": "Identify the main category of scholar papers based on the titles",
+    "ThuNewsClusteringS2S": "Identify the topic or theme of the given news articles based on the titles",
+    "ThuNewsClusteringP2P": "Identify the topic or theme of the given news articles based on the titles and contents",
+    "T2Retrieval": "Given a Chinese search query, retrieve web passages that answer the question",
+    "CmedqaRetrieval": "Given a Chinese community medical question, retrieve replies that best answer the question",
+    "CovidRetrieval": "Given a question on COVID-19, retrieve news articles that answer the question",
+    "DuRetrieval": "Given a Chinese search query, retrieve web passages that answer the question",
+    "MMarcoReranking": "Given a Chinese search query, retrieve web passages that answer the question",
+    "MMarcoRetrieval": _WEB,
+    "T2Reranking": "Given a Chinese search query, retrieve web passages that answer the question",
+    "VideoRetrieval": "Given a video search query, retrieve the titles of relevant videos",
+}
+
+# Local tasks QZhou published no instruction for (ours, in the same style; SciFact's is E5-Mistral's).
+LOCAL_INSTRUCTIONS: dict[str, str] = {
+    "SciFact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "TRECClassification": "Classify the given question by the type of answer it asks for",
+    "SST2Classification": "Classify the sentiment expressed in the given movie review text",
+}
+
+DEFAULT_INSTRUCTIONS: dict[str, str] = {**QZHOU_INSTRUCTIONS, **LOCAL_INSTRUCTIONS}
+
+# Tasks QZhou prompts on both sides (query_passage_instruction in both scripts). Every symmetric-type
+# task in it is also covered by SYMMETRIC_TASK_TYPES; the retrieval ones are the reason the set exists.
+QZHOU_BOTH_SIDES_TASKS = frozenset({
+    "AmazonCounterfactualClassification", "ArXivHierarchicalClusteringP2P", "ArXivHierarchicalClusteringS2S",
+    "BIOSSES", "Banking77Classification", "BiorxivClusteringP2P.v2", "ImdbClassification",
+    "MTOPDomainClassification", "MassiveIntentClassification", "MassiveScenarioClassification",
+    "MedrxivClusteringP2P", "MedrxivClusteringS2S", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS17",
+    "STS22.v2", "STSBenchmark", "SprintDuplicateQuestions", "StackExchangeClustering.v2",
+    "StackExchangeClusteringP2P.v2", "ToxicConversationsClassification", "TweetSentimentExtractionClassification",
+    "TwentyNewsgroupsClustering.v2", "TwitterSemEval2015", "TwitterURLCorpus", "AskUbuntuDupQuestions",
+    "MindSmallReranking", "CQADupstackGamingRetrieval", "CQADupstackUnixRetrieval", "ArguAna",
+    "SummEvalSummarization.v2",
+    "AFQMC", "ATEC", "BQ", "LCQMC", "STSB", "QBQTC", "PAWSX", "CLSClusteringP2P", "CLSClusteringS2S",
+    "ThuNewsClusteringS2S", "ThuNewsClusteringP2P", "Cmnli", "Ocnli", "IFlyTek", "JDReview",
+    "MultilingualSentiment", "OnlineShopping", "Waimai", "TNews", "MMarcoReranking", "CMedQAv1-reranking",
+    "CMedQAv2-reranking", "T2Reranking",
+})
+
+SYMMETRIC_TASK_TYPES = frozenset({
+    "STS", "PairClassification", "Classification", "MultilabelClassification", "Clustering", "Reranking",
+    "Summarization",
+})
+
+# Types of the ten local tasks, for v1-style calls (task name only).
+LOCAL_TASK_TYPES: dict[str, str] = {
+    "STSBenchmark": "STS", "SICK-R": "STS", "ATEC": "STS", "LCQMC": "STS", "Ocnli": "PairClassification",
+    "SciFact": "Retrieval", "Banking77Classification": "Classification", "TRECClassification": "Classification",
+    "SST2Classification": "Classification", "Waimai": "Classification",
+}
+
+# Fallback for tasks missing from the table, by type (with a warning); other types must be listed.
+TYPE_FALLBACK_INSTRUCTIONS: dict[str, str] = {
+    "STS": _STS, "PairClassification": _STS, "Retrieval": _WEB, "Reranking": _WEB,
+}
+
+_QUERY, _DOCUMENT = "query", "document"
+
+
+def load_instructions(path: str | Path) -> dict[str, str | None]:
+    """Read a JSON object {task name: instruction}; null switches a task's instruction off."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object {{task name: instruction}}, got {type(table).__name__}")
+    for task, instruction in table.items():
+        if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+            raise ValueError(f"{path}: task {task!r}: instruction must be a non-empty string or null, "
+                             f"got {instruction!r}")
+    return table
+
+
+def _side(prompt_type: Any) -> str | None:
+    """mteb's PromptType (enum or value) -> "query", "document" or None."""
+    if prompt_type is None:
+        return None
+    value = getattr(prompt_type, "value", prompt_type)
+    if value == _QUERY:
+        return _QUERY
+    if value in (_DOCUMENT, "passage"):
+        return _DOCUMENT
+    raise ValueError(f"unknown prompt_type {prompt_type!r}: expected query, document/passage or None")
+
+
+def _texts(inputs: Any) -> list[str]:
+    """Flatten mteb inputs: a list of strings (v1) or an iterable of {"text": [...]} batches (v2)."""
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("encode() got a single string; pass a list of texts or a DataLoader of batches")
+    texts: list[str] = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, Mapping):
+            if "text" not in item:
+                raise KeyError(f"input batch {i} has no 'text' field (fields: {sorted(item)})")
+            batch = item["text"]
+            texts.extend([batch] if isinstance(batch, str) else list(batch))
+        else:
+            raise TypeError(f"input item {i} is a {type(item).__name__}; expected a str or a {{'text': [...]}} batch")
+    bad = [j for j, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"text {bad[0]} is a {type(texts[bad[0]]).__name__}, not a str")
+    return texts
+
+
+class MTEBEncoder:
+    """mteb encoder (v1 and v2 protocols) around a `TextEncoder`.
+
+    encoder: anything with encode(texts, instruction=None) -> [N, D] array.
+    instructions: task name -> instruction (None disables it); defaults to DEFAULT_INSTRUCTIONS, and
+        `instructions_file` (JSON, see load_instructions) is applied on top.
+    both_sides_tasks / symmetric_task_types: which tasks prompt documents too (QZhou's rules by default).
+    task_types: task name -> mteb task type, used when mteb only passes a task name (v1).
+    use_instruction: False encodes every text plain (QZhou's --use_instruction false).
+    encode_kwargs: extra keyword arguments for encoder.encode (e.g. batch_size); mteb's own encode kwargs
+        (batch_size, show_progress_bar, ...) are not forwarded, so the encoder keeps its configured setup.
+    model_meta: returned by `mteb_model_meta` (mteb v2 asks for it; build an mteb ModelMeta if needed).
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        instructions: Mapping[str, str | None] | None = None,
+        *,
+        instructions_file: str | Path | None = None,
+        both_sides_tasks: Iterable[str] = QZHOU_BOTH_SIDES_TASKS,
+        symmetric_task_types: Iterable[str] = SYMMETRIC_TASK_TYPES,
+        task_types: Mapping[str, str] | None = None,
+        use_instruction: bool = True,
+        encode_kwargs: Mapping[str, Any] | None = None,
+        model_meta: Any = None,
+    ):
+        if not callable(getattr(encoder, "encode", None)):
+            raise TypeError(f"{type(encoder).__name__} has no encode(texts, instruction=None) method")
+        self.encoder = encoder
+        self.instructions: dict[str, str | None] = dict(
+            DEFAULT_INSTRUCTIONS if instructions is None else instructions)
+        if instructions_file is not None:
+            self.instructions.update(load_instructions(instructions_file))
+        self.both_sides_tasks = frozenset(both_sides_tasks)
+        self.symmetric_task_types = frozenset(symmetric_task_types)
+        self.task_types = dict(LOCAL_TASK_TYPES if task_types is None else task_types)
+        self.use_instruction = use_instruction
+        self.encode_kwargs = dict(encode_kwargs or {})
+        self.model_meta = model_meta
+        self._warned: set[str] = set()
+
+    # ----------------------------------------------------------------------------------- the rules
+    def instruction_for(self, task_name: str, task_type: str | None, prompt_type: Any = None) -> str | None:
+        """The instruction for one side of one task, or None for a plain encoding."""
+        side = _side(prompt_type)
+        if not self.use_instruction:
+            return None
+        task_type = task_type or self.task_types.get(task_name)
+        symmetric = task_name in self.both_sides_tasks or task_type in self.symmetric_task_types
+        if side == _DOCUMENT and not symmetric:
+            return None
+        if task_name in self.instructions:
+            return self.instructions[task_name]
+        if task_type in TYPE_FALLBACK_INSTRUCTIONS:
+            if task_name not in self._warned:
+                self._warned.add(task_name)
+                warnings.warn(f"no instruction for task {task_name!r}; using the generic {task_type} one",
+                              stacklevel=3)
+            return TYPE_FALLBACK_INSTRUCTIONS[task_type]
+        raise KeyError(f"no instruction for task {task_name!r} (type {task_type!r}): add it to the "
+                       f"instructions JSON, or map it to null to encode without one")
+
+    # --------------------------------------------------------------------------- mteb's interface
+    def encode(
+        self,
+        inputs: Any,
+        task_name: str | None = None,
+        prompt_type: Any = None,
+        *,
+        task_metadata: Any = None,
+        hf_split: str | None = None,
+        hf_subset: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Both mteb call styles; returns float32 [N, D]. hf_split/hf_subset and mteb kwargs are unused."""
+        if task_metadata is not None:
+            task_name, task_type = task_metadata.name, getattr(task_metadata, "type", None)
+        elif task_name is not None:
+            task_type = None
+        else:
+            raise TypeError("encode() needs task_metadata (mteb v2) or task_name (mteb v1) to pick the instruction")
+        texts = _texts(inputs)
+        instruction = self.instruction_for(task_name, task_type, prompt_type)
+        emb = np.asarray(self.encoder.encode(texts, instruction=instruction, **self.encode_kwargs), dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(texts):
+            raise ValueError(f"encoder returned shape {emb.shape} for {len(texts)} texts (task {task_name!r})")
+        return emb
+
+    @staticmethod
+    def similarity(embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        """Cosine similarity matrix [N, M] (QZhou's similarity function)."""
+        a, b = _unit(embeddings1), _unit(embeddings2)
+        return a @ b.T
+
+    @staticmethod
+    def similarity_pairwise(embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        """Cosine of each aligned pair [N]."""
+        a, b = _unit(embeddings1), _unit(embeddings2)
+        if a.shape != b.shape:
+            raise ValueError(f"pairwise similarity needs equal shapes, got {a.shape} and {b.shape}")
+        return np.sum(a * b, axis=-1)
+
+    @property
+    def mteb_model_meta(self) -> Any:
+        return self.model_meta
+
+
+def _unit(x: Any) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

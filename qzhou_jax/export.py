@@ -1,0 +1,82 @@
+"""Export a trained model as a Hugging Face / sentence-transformers directory.
+
+    python -m qzhou_jax.export --workdir DIR [--step N] --out HF_DIR [--dtype bfloat16|float32]
+    python -m qzhou_jax.export --params-from-hf SRC_DIR --out HF_DIR [--dtype ...]   # re-export (e.g. dtype)
+
+A thin command line over `qzhou_jax.hf.export.export_hf`. Training checkpoints are read with
+`qzhou_jax.checkpoint.restore_params(workdir, step)`; an HF source directory with `qzhou_jax.hf.load.load_params`
+(its tokenizer and qzhou_prompt.json are carried over when present).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from qzhou_jax.hf.export import DEFAULT_MAX_SEQ_LENGTH, DEFAULT_QUERY_INSTRUCTION, EXPORT_DTYPES, export_hf
+from qzhou_jax.model import ModelConfig
+from qzhou_jax.tokenizer import PromptConfig, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def from_workdir(workdir: str, step: int | None):
+    """(params, config, prompt, tokenizer dir or None) from a training workdir's checkpoint."""
+    from qzhou_jax.checkpoint import restore_params  # local: Orbax is only needed for this source
+
+    params, config, extras = restore_params(workdir, step=step)
+    extras = extras if isinstance(extras, dict) else {}
+    prompt = _prompt(extras.get("prompt"))
+    return params, config, prompt, extras.get("tokenizer")
+
+
+def from_hf(model_dir: str, dtype: str):
+    """(params, config, prompt, tokenizer dir) from an HF Qwen2 directory (a qzhou-jax export or a base model)."""
+    from qzhou_jax.encode import _prompt_from_dir
+    from qzhou_jax.hf.load import load_params
+
+    # Loading straight into the export dtype: exact for bf16 sources, and the same rounding export would do else.
+    config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
+    return load_params(model_dir, config), config, _prompt_from_dir(model_dir), model_dir
+
+
+def _prompt(spec: Any) -> PromptConfig:
+    if spec is None:
+        return PromptConfig()
+    if isinstance(spec, PromptConfig):
+        return spec
+    return PromptConfig(query_template=spec["query_template"], sep=spec.get("sep", " "))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="training workdir holding Orbax checkpoints")
+    source.add_argument("--params-from-hf", metavar="HF_DIR", help="re-export an HF Qwen2 / qzhou-jax directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="bfloat16")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (default: the source's, else the built-in Qwen2.5 tokenizer)")
+    parser.add_argument("--max-shard-size", type=float, default=5e9, help="bytes per safetensors shard")
+    parser.add_argument("--max-seq-length", type=int, default=DEFAULT_MAX_SEQ_LENGTH)
+    parser.add_argument("--query-instruction", default=DEFAULT_QUERY_INSTRUCTION,
+                        help="instruction of sentence-transformers' default 'query' prompt")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    args = parser.parse_args(argv)
+    if args.step is not None and not args.workdir:
+        parser.error("--step needs --workdir")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    if args.workdir:
+        params, config, prompt, tokenizer_dir = from_workdir(args.workdir, args.step)
+    else:
+        params, config, prompt, tokenizer_dir = from_hf(args.params_from_hf, args.dtype)
+    tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir)  # a dir without tokenizer files: built-in
+    export_hf(params, config, args.out, tokenizer=tokenizer, dtype=args.dtype, prompt=prompt,
+              max_shard_bytes=args.max_shard_size, max_seq_length=args.max_seq_length,
+              query_instruction=args.query_instruction, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The trainer: config -> mesh -> state -> data -> steps -> logs / checkpoints / evals -> export.
+
+    python -m qzhou_jax.train --config configs/stage2.py --workdir /tmp/run [--config.optim.lr=1e-5 ...]
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint (params, optimizer, step and the
+Grain iterator), so a preempted or crashed run continues exactly where its last checkpoint left it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qzhou_jax import checkpoint, losses, optim, sharding
+from qzhou_jax import model as qmodel
+from qzhou_jax.data import pipeline as data_pipeline
+from qzhou_jax.metrics_writer import MetricsWriter, Progress
+from qzhou_jax.model import ModelConfig
+from qzhou_jax.tokenizer import load_tokenizer
+from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
+
+log = logging.getLogger("qzhou_jax.train")
+
+BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels")
+PEAK_FLOPS = {  # bf16 dense peak per chip, for MFU
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
+}
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+# ====================================================================================================== setup
+def build_model_config(cfg) -> ModelConfig:
+    m = cfg.model
+    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers")
+                 if m.get(k) is not None}
+    if m.get("hf_dir"):
+        return ModelConfig.from_hf(m.hf_dir, **overrides)
+    return qmodel.preset(m.preset, **overrides)
+
+
+def peak_flops(cfg) -> float | None:
+    if cfg.train.get("peak_flops_per_device"):
+        return float(cfg.train.peak_flops_per_device)
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops
+    return None
+
+
+def init_params(cfg, model_config: ModelConfig, shardings, mesh):
+    """Initial params: a stage-1 workdir or an HF dir (`init_from`), else the HF base model, else random."""
+    source = cfg.get("init_from") or ""
+    if source and checkpoint.is_workdir(source):
+        params, _, meta = checkpoint.restore_params(source, shardings=shardings)
+        log.info("initialised params from workdir %s (step %s)", source, meta.get("step"))
+        return params
+    hf_dir = source or cfg.model.get("hf_dir")
+    if hf_dir:
+        from qzhou_jax.hf.load import load_params
+        log.info("loading HF weights from %s", hf_dir)
+        return load_params(hf_dir, model_config, shardings)
+    # No mesh context here: flax's init-time constraints would meet DenseGeneral's pre-reshape kernels.
+    init = jax.jit(lambda rng: qmodel.init_params(model_config, rng), out_shardings=shardings)
+    return init(jax.random.key(cfg.train.seed))
+
+
+def batch_shardings(mesh) -> dict:
+    ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2)
+    return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
+
+
+def to_global(host_batch: dict, shardings: dict) -> dict:
+    """Per-host numpy batch -> global jax.Arrays. Hosts first agree on padded lengths (buckets may differ)."""
+    batch = {k: np.asarray(host_batch[k]) for k in BATCH_KEYS}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        lengths = np.array([batch["anchor_ids"].shape[-1], batch["cand_ids"].shape[-1]])
+        la, lc = multihost_utils.process_allgather(lengths).max(0)
+        batch = _pad_to(batch, int(la), int(lc))
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+def _pad_to(batch, la, lc):
+    def pad(x, length):
+        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
+    out = dict(batch)
+    out["anchor_ids"], out["anchor_mask"] = pad(batch["anchor_ids"], la), pad(batch["anchor_mask"], la)
+    out["cand_ids"], out["cand_mask"] = pad(batch["cand_ids"], lc), pad(batch["cand_mask"], lc)
+    return out
+
+
+class _Preemption:
+    """SIGTERM (TPU preemption, scheduler stop) -> save a checkpoint at the next step and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. some test runners): no handler
+            pass
+
+    def _handler(self, *_):
+        self.requested = True
+
+    def reached(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
+
+# ====================================================================================================== run
+def run(cfg, workdir: str) -> dict[str, Any]:
+    """Trains per `cfg` in `workdir`; returns a summary (final step, last losses, export dir). Tests call this.
+
+    A config with `stages` (e.g. configs/demo.py) runs each stage in `workdir/<name>`, every stage after the
+    first initialised from the previous stage's final params (unless it sets its own `init_from`).
+    """
+    if cfg.get("stages"):
+        summaries, previous = {}, None
+        for name, stage in cfg.stages.items():
+            stage = stage.copy_and_resolve_references()
+            if previous and not stage.get("init_from"):
+                stage.init_from = previous
+            print(f"==== {name} ====", flush=True)
+            summaries[name] = run(stage, os.path.join(workdir, name))
+            previous = os.path.join(workdir, name)
+        return {"stages": summaries, **summaries[name]}
+    os.makedirs(workdir, exist_ok=True)
+    t_setup = time.time()
+    model_config = build_model_config(cfg)
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+    log.info("mesh %s over %d devices (%s); model %.1fM params", dict(mesh.shape), mesh.size,
+             jax.devices()[0].device_kind, model_config.num_params() / 1e6)
+
+    # ---- state: params (sharded by logical rules), optimizer, shardings of everything
+    total_steps = int(cfg.train.steps)
+    tx, schedule = optim.make_optimizer(cfg.optim, total_steps)
+    abstract, logical = qmodel.abstract_params(model_config)
+    param_shardings = sharding.param_shardings(abstract, logical, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract)
+    state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                                 opt_state=sharding.opt_state_shardings(abstract_opt, param_shardings, mesh))
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract,
+                                             opt_state=abstract_opt), state_shardings)
+
+    # ---- data: Grain mixture, one dataset per global batch, this host's slice
+    tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
+    dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
+    log.info("data mixture:\n%s", info.table())
+    data_iter = iter(dataset)
+
+    # ---- resume, or initialise
+    manager = checkpoint.make_manager(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                      keep_best=cfg.checkpoint.keep_best, best_metric=cfg.checkpoint.best_metric,
+                                      async_save=cfg.checkpoint.async_save)
+    restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
+    if restored is not None:
+        state, start_step, _ = restored
+        print(f"resuming from checkpoint step {start_step} in {workdir}", flush=True)
+    else:
+        params = init_params(cfg, model_config, param_shardings, mesh)
+        state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
+        start_step = 0
+    meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),
+            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}}
+
+    # ---- one compiled step per task type
+    loss_config = losses.loss_config_from(cfg.loss)
+    rules = sharding.activation_rules(mesh, model_config)
+    b_shardings = batch_shardings(mesh)
+    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
+                                gradcache_chunks=cfg.train.gradcache_chunks, state_shardings=state_shardings,
+                                batch_shardings=b_shardings, metrics_sharding=sharding.replicated(mesh),
+                                rules=rules, mesh=mesh)
+             for task in sorted(set(info.tasks))}
+
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    progress = Progress(total_steps, start_step)
+    evaluator = _make_evaluator(cfg, model_config, tokenizer)
+    preemption = _Preemption()
+    peak = peak_flops(cfg)
+    log.info("setup took %.1fs; training steps %d -> %d", time.time() - t_setup, start_step, total_steps)
+
+    # ---- the loop
+    last_losses: list[float] = []
+    step, t_last, window = start_step, time.time(), []
+    while step < total_steps:
+        host_batch = next(data_iter)
+        dataset_id = int(host_batch["dataset_id"][0])
+        task = info.tasks[dataset_id]
+        batch = to_global(host_batch, b_shardings)
+        state, metrics = steps[task](state, batch)
+        step += 1
+        window.append((task, dataset_id, metrics, batch["anchor_ids"].shape, batch["cand_ids"].shape))
+
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            scalars = _summarise(window, info, model_config, time.time() - t_last, mesh.size, peak)
+            _check_finite(scalars, cfg.train.max_consecutive_nonfinite)
+            last_losses.append(scalars["loss"])
+            writer.write(step, scalars)
+            print(progress.line(step, {**scalars, "task": task}), flush=True)
+            window, t_last = [], time.time()
+
+        eval_metrics = None
+        if evaluator is not None and (step % cfg.eval.every == 0 or step == total_steps):
+            eval_metrics = evaluator(state.params)
+            writer.write(step, eval_metrics)
+            print("eval " + " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+        checkpoint.save(manager, step, state, data_iter, meta, force=step == total_steps, metrics=eval_metrics)
+
+        if cfg.train.get("crash_after_step") and step == cfg.train.crash_after_step:
+            manager.wait_until_finished()
+            os._exit(17)  # a test hook: die like a killed process, without any clean shutdown
+        if preemption.reached():
+            checkpoint.save(manager, step, state, data_iter, meta, force=True)
+            manager.wait_until_finished()
+            print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
+            writer.close()
+            return {"step": step, "preempted": True, "losses": last_losses}
+
+    manager.wait_until_finished()
+    writer.close()
+    summary = {"step": step, "losses": last_losses, "workdir": workdir}
+    summary.update(_finish(cfg, workdir, state, model_config, tokenizer))
+    return summary
+
+
+def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[str, float]:
+    fetched = jax.device_get([w[2] for w in window])
+    scalars: dict[str, float] = {}
+    by_task: dict[str, list[float]] = {}
+    for (task, dataset_id, _, _, _), m in zip(window, fetched):
+        by_task.setdefault(task, []).append(float(m["loss"]))
+        by_task.setdefault(f"dataset/{info.names[dataset_id]}", []).append(float(m["loss"]))
+    last = fetched[-1]
+    scalars["loss"] = float(np.mean([float(m["loss"]) for m in fetched]))
+    for key, values in by_task.items():
+        scalars[f"loss/{key}"] = float(np.mean(values))
+    for key in ("grad_norm", "learning_rate", "nonfinite_consecutive", "nonfinite_total"):
+        scalars[key] = float(last[key])
+    for key in ("accuracy", "top1_accuracy"):
+        if key in last:
+            scalars[key] = float(np.mean([float(m[key]) for m in fetched if key in m]))
+    examples = sum(float(m["examples"]) for m in fetched)
+    tokens = sum(float(m["tokens"]) for m in fetched)
+    scalars.update(examples_per_s=examples / seconds, tokens_per_s=tokens / seconds)
+    flops = 0.0
+    for (_, _, _, a_shape, c_shape), m in zip(window, fetched):
+        b = a_shape[0]
+        share = float(m["tokens"]) / max(b * (a_shape[1] + c_shape[1] * c_shape[2]), 1)  # real-token fraction
+        flops += batch_flops(model_config, {"anchor_ids": a_shape, "cand_ids": c_shape},
+                             share * b * a_shape[1], share * b * c_shape[1] * c_shape[2])
+    scalars["tflops_per_s_per_device"] = flops / seconds / num_devices / 1e12
+    if peak:
+        scalars["mfu"] = flops / seconds / num_devices / peak
+    return scalars
+
+
+def _check_finite(scalars, limit: int) -> None:
+    if scalars["nonfinite_consecutive"] >= limit:
+        raise NonFiniteError(f"{int(scalars['nonfinite_consecutive'])} non-finite losses/gradients in a row "
+                             f"({int(scalars['nonfinite_total'])} in all); stopping. Lower the learning rate, check the "
+                             f"data for empty texts, or use float32 compute.")
+    if scalars["nonfinite_total"] > 0:
+        log.warning("%d non-finite steps skipped so far", int(scalars["nonfinite_total"]))
+
+
+def _make_evaluator(cfg, model_config, tokenizer):
+    if not cfg.get("eval") or not cfg.eval.get("tasks"):
+        return None
+    from qzhou_jax.eval.during_training import make_evaluator
+    return make_evaluator(cfg.eval, model_config, tokenizer)
+
+
+def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cfg.get("export") and cfg.export.get("at_end"):
+        from qzhou_jax.hf.export import export_hf
+        export_dir = os.path.join(workdir, "export")
+        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype)
+        print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
+        out["export_dir"] = export_dir
+    if jax.process_index() == 0 and cfg.get("plot", True):
+        try:
+            from qzhou_jax.plots import plot_training
+            out["plot"] = plot_training(workdir)
+        except ImportError:
+            pass
+    return out
+
+
+# ====================================================================================================== CLI
+def main(argv=None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Python config file with get_config()", lock_config=True)
+    flags.DEFINE_string("workdir", None, "checkpoints, metrics, TensorBoard and the export go here")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def _main(_):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stdout)
+        if flags.FLAGS.config.get("distributed"):
+            jax.distributed.initialize()
+        summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+
+    app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
