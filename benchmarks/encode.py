@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
+import gc
 import gzip
 import itertools
 import json
@@ -115,6 +116,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _rss_mb() -> float:
+    """Current resident set (Linux), after a collection so that freed load-time buffers do not count."""
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def make_checkpoint(directory: str, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
                     seed: int = 0) -> int:
     """Writes a random transformers Qwen2Model (fp32) with save_pretrained; returns its parameter count."""
@@ -159,11 +167,11 @@ def run_jax(model_dir: str, texts: list[str], batch_size: int, max_length: int, 
     encoder = Encoder.from_pretrained(model_dir, dtype=dtype, max_length=max_length, batch_size=batch_size,
                                       buckets=buckets)
     jax.block_until_ready(encoder.params)
-    load = time.perf_counter() - start
+    load, rss_loaded = time.perf_counter() - start, _rss_mb()
     embeddings, warmup, passes = _timed_passes(lambda: encoder.encode(texts), repeats)
     lengths = [len(x) for x in encoder.token_ids(texts)]
     return dict(embeddings=embeddings, load_s=load, warmup_s=warmup, pass_s=passes, lengths=lengths,
-                peak_rss_mb=_peak_rss_mb(), device=str(jax.devices()[0].platform))
+                rss_loaded_mb=rss_loaded, peak_rss_mb=_peak_rss_mb(), device=str(jax.devices()[0].platform))
 
 
 def run_torch(model_dir: str, texts: list[str], batch_size: int, max_length: int, buckets: tuple[int, ...],
@@ -182,7 +190,7 @@ def run_torch(model_dir: str, texts: list[str], batch_size: int, max_length: int
     for layer in model.layers:
         layer.self_attn.is_causal = False  # with the bidirectional mask below: QZhou's serving setup
     tokenizer = load_tokenizer(model_dir)  # what Encoder.from_pretrained loads: left padding, no special tokens
-    load = time.perf_counter() - start
+    load, rss_loaded = time.perf_counter() - start, _rss_mb()
     pad_id, left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
 
     @torch.inference_mode()
@@ -211,7 +219,7 @@ def run_torch(model_dir: str, texts: list[str], batch_size: int, max_length: int
 
     embeddings, warmup, passes = _timed_passes(encode, repeats)
     return dict(embeddings=embeddings, load_s=load, warmup_s=warmup, pass_s=passes, threads=threads,
-                peak_rss_mb=_peak_rss_mb(), attention=attention)
+                rss_loaded_mb=rss_loaded, peak_rss_mb=_peak_rss_mb(), attention=attention)
 
 
 def _in_fresh_process(fn: Callable, *args):
@@ -225,14 +233,15 @@ def summarise(side: dict, n_texts: int, real_tokens: int, n_batches: int) -> dic
     seconds = statistics.median(side["pass_s"])
     return {"texts_per_s": n_texts / seconds, "tokens_per_s": real_tokens / seconds,
             "ms_per_batch": 1000 * seconds / n_batches, "pass_s": seconds, "warmup_s": side["warmup_s"],
-            "load_s": side["load_s"], "peak_rss_mb": side["peak_rss_mb"]}
+            "load_s": side["load_s"], "rss_loaded_mb": side["rss_loaded_mb"], "peak_rss_mb": side["peak_rss_mb"],
+            "passes_s": side["pass_s"]}
 
 
 def format_table(jax_row: dict, torch_row: dict) -> str:
     rows = [("texts/s", "texts_per_s", "{:.1f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
             ("ms/batch", "ms_per_batch", "{:.1f}"), ("timed pass s (median)", "pass_s", "{:.3f}"),
             ("warm-up pass s", "warmup_s", "{:.2f}"), ("checkpoint load s", "load_s", "{:.2f}"),
-            ("peak RSS MB (process)", "peak_rss_mb", "{:.0f}")]
+            ("RSS after load MB", "rss_loaded_mb", "{:.0f}"), ("peak RSS MB (process)", "peak_rss_mb", "{:.0f}")]
     lines = [f"{'':24s}{'JAX':>12s}{'PyTorch':>12s}{'JAX/PyTorch':>14s}"]
     for label, key, fmt in rows:
         a, b = jax_row[key], torch_row[key]
@@ -262,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from qzhou_jax.encode import default_buckets
     from qzhou_jax.tokenizer import bucket_length
 
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     texts, source = load_texts(args.texts, args.source)
     buckets = default_buckets(args.max_length)
     with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as model_dir:
@@ -287,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{padded_tokens} after bucket padding), "
           f"batch {args.batch_size} x {n_batches}, max length {args.max_length}, buckets {list(buckets)}")
     print(f"JAX on {jax_side['device']}; PyTorch {torch_side['attention']} attention, {torch_side['threads']} "
-          f"threads; {len(os.sched_getaffinity(0))} CPU cores visible; median of {args.repeats} timed passes")
+          f"threads; {len(os.sched_getaffinity(0))} CPU cores visible; median of {args.repeats} timed passes; "
+          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(format_table(jax_row, torch_row))
     print(f"compile (JAX warm-up - timed pass): {jax_row['warmup_s'] - jax_row['pass_s']:.2f} s")
     print(f"embedding agreement JAX vs PyTorch: cosine min {cosine.min():.6f}, mean {cosine.mean():.6f}")
@@ -299,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "data": {"source": source, "texts": len(texts), "real_tokens": real_tokens, "padded_tokens": padded_tokens,
                  "batch_size": args.batch_size, "max_length": args.max_length},
         "cores": len(os.sched_getaffinity(0)), "repeats": args.repeats,
+        "load_average": [load_before, os.getloadavg()[0]],
         "jax": {**jax_row, "compile_s": jax_row["warmup_s"] - jax_row["pass_s"], "device": jax_side["device"]},
         "torch": {**torch_row, "threads": torch_side["threads"], "attention": torch_side["attention"]},
         "ratio_jax_over_torch": {k: jax_row[k] / torch_row[k] for k in ("texts_per_s", "ms_per_batch")},

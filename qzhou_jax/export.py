@@ -21,13 +21,18 @@ log = logging.getLogger(__name__)
 
 
 def from_workdir(workdir: str, step: int | None):
-    """(params, config, prompt, tokenizer dir or None) from a training workdir's checkpoint."""
+    """(params, config, prompt, tokenizer dir or None) from a training workdir's checkpoint.
+
+    The tokenizer is the one the run trained with (run config `model.tokenizer`, else `model.hf_dir`; neither: the
+    built-in Qwen2.5 tokenizer). A `prompt` entry ({query_template, sep}) in the checkpoint meta is honoured.
+    """
     from qzhou_jax.checkpoint import restore_params  # local: Orbax is only needed for this source
 
-    params, config, extras = restore_params(workdir, step=step)
-    extras = extras if isinstance(extras, dict) else {}
-    prompt = _prompt(extras.get("prompt"))
-    return params, config, prompt, extras.get("tokenizer")
+    params, config, meta = restore_params(workdir, step=step)
+    meta = meta if isinstance(meta, dict) else {}
+    model = (meta.get("config") or {}).get("model") or {}  # the run config: the tokenizer it trained with
+    tokenizer_dir = meta.get("tokenizer") or model.get("tokenizer") or model.get("hf_dir") or None
+    return params, config, _prompt(meta.get("prompt")), tokenizer_dir
 
 
 def from_hf(model_dir: str, dtype: str):

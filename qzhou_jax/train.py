@@ -160,6 +160,10 @@ def run(cfg, workdir: str) -> dict[str, Any]:
 
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
+    if len(tokenizer) > model_config.vocab_size:  # out-of-range ids would silently read garbage embeddings
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{model_config.vocab_size}: use a larger model vocabulary (preset 'demo' has the full "
+                         f"Qwen2.5 one) or the model's own tokenizer")
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count())
     log.info("data mixture:\n%s", info.table())
@@ -293,7 +297,7 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
     if cfg.get("export") and cfg.export.get("at_end"):
         from qzhou_jax.hf.export import export_hf
         export_dir = os.path.join(workdir, "export")
-        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype)
+        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True)
         print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
         out["export_dir"] = export_dir
     if jax.process_index() == 0 and cfg.get("plot", True):
@@ -306,6 +310,20 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
 
 
 # ====================================================================================================== CLI
+def load_config(path: str, overrides: list[str] = ()):
+    """A config file (`path[:arg]`) with `--config.a.b=value` overrides applied, exactly as on the command line.
+    The config is locked: an override of a key that does not exist is an error naming it."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["train", f"--config={path}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
+
+
 def main(argv=None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
@@ -317,10 +335,12 @@ def main(argv=None) -> None:
     def _main(_):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             stream=sys.stdout)
+        for noisy in ("absl", "orbax", "jax._src"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if flags.FLAGS.config.get("distributed"):
             jax.distributed.initialize()
         summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
 
     app.run(_main, argv=argv)
 

@@ -5,7 +5,8 @@
 | "retrieval"             | retrieval      | query, pos (str or list: one sample per positive), neg?, prompt? (FlagEmbedding) |
 | "title_body"            | retrieval      | title, body  (options max_chars / max_words truncate the body)  |
 | "question_answer"       | retrieval      | question, answer, negatives?                                    |
-| "reading_comprehension" | retrieval      | context, question, answer (str, list, or SQuAD {"text": [...]}: first answer) |
+| "reading_comprehension" | retrieval      | context, question, answer (str, list, or SQuAD {"text": [...]}: first answer); |
+|                         |                | max_chars / max_words truncate the context, so the question survives token truncation |
 | "claim_evidence"        | retrieval      | claim, supporting (list), refuting? (list)                      |
 | "sts"                   | pair_score     | sentence1, sentence2, score (0-5 or binary label)               |
 | "nli"                   | pair_score     | sentence1, sentence2, label (names; `label_names` maps int ids) |
@@ -26,7 +27,9 @@ from qzhou_jax.data.formats import (
     CLASSIFICATION,
     PAIR_SCORE,
     RETRIEVAL,
+    FLAG_EMBEDDING_FIELDS,
     ClassificationSample,
+    flag_embedding_samples,
     get_field,
     get_optional_text,
     get_text,
@@ -69,11 +72,7 @@ def _answer(row, field, where) -> str:
 
 
 def _retrieval(row, where, f, o):
-    positives = get_text_list(row, f["pos"], where, required=True)
-    query = get_text(row, f["query"], where)
-    negatives = get_text_list(row, f["neg"], where, required=False)
-    instruction = get_optional_text(row, f["instruction"], where, o.instruction)
-    return [transforms.question_answer(query, p, negatives=negatives, instruction=instruction) for p in positives]
+    return flag_embedding_samples(row, where, o.instruction, f)
 
 
 def _title_body(row, where, f, o):
@@ -90,8 +89,10 @@ def _question_answer(row, where, f, o):
 
 
 def _reading_comprehension(row, where, f, o):
+    context = transforms.truncate_text(get_text(row, f["context"], where), max_chars=o.max_chars,
+                                       max_words=o.max_words)
     return [transforms.reading_comprehension(
-        get_text(row, f["context"], where), get_text(row, f["question"], where), _answer(row, f["answer"], where),
+        context, get_text(row, f["question"], where), _answer(row, f["answer"], where),
         instruction=get_optional_text(row, f["instruction"], where, o.instruction))]
 
 
@@ -128,8 +129,7 @@ class Adapter:
 
 
 ADAPTERS = {
-    "retrieval": Adapter(RETRIEVAL, {"query": "query", "pos": "pos", "neg": "neg", "instruction": "prompt"},
-                         _retrieval),
+    "retrieval": Adapter(RETRIEVAL, FLAG_EMBEDDING_FIELDS, _retrieval),
     "title_body": Adapter(RETRIEVAL, {"title": "title", "body": "body", "instruction": "prompt"}, _title_body),
     "question_answer": Adapter(RETRIEVAL, {"question": "question", "answer": "answer", "negatives": "negatives",
                                            "instruction": "prompt"}, _question_answer),

@@ -141,10 +141,15 @@ def get_text_list(row: Mapping[str, Any], field: str, where: str, *, required: b
     return texts
 
 
-def flag_embedding_samples(row: Mapping[str, Any], where: str, instruction: str = "") -> list[RetrievalSample]:
-    """FlagEmbedding row -> one RetrievalSample per positive; the row's "prompt" overrides `instruction`."""
-    query = get_text(row, "query", where)
-    positives = get_text_list(row, "pos", where, required=True)
-    negatives = get_text_list(row, "neg", where, required=False)
-    prompt = get_optional_text(row, "prompt", where, default=instruction)
+FLAG_EMBEDDING_FIELDS = {"query": "query", "pos": "pos", "neg": "neg", "instruction": "prompt"}
+
+
+def flag_embedding_samples(row: Mapping[str, Any], where: str, instruction: str = "",
+                           fields: Mapping[str, str] = FLAG_EMBEDDING_FIELDS) -> list[RetrievalSample]:
+    """FlagEmbedding row -> one RetrievalSample per positive; the row's "prompt" overrides `instruction`.
+    `fields` renames the keys (query, pos, neg, instruction)."""
+    query = get_text(row, fields["query"], where)
+    positives = get_text_list(row, fields["pos"], where, required=True)
+    negatives = get_text_list(row, fields["neg"], where, required=False)
+    prompt = get_optional_text(row, fields["instruction"], where, default=instruction)
     return [RetrievalSample(query, positive, negatives, prompt) for positive in positives]

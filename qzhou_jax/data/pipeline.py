@@ -37,7 +37,7 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
 
     if spec.kind == "shared":
         local = SkipCounter(skip_invalid=counter.skip_invalid)
-        samples = shared_data.read_shared(spec.location, spec.split, local)
+        samples = shared_data.read_shared(spec.location, spec.split, local, spec.max_chars)
         counter.absorb(local, spec.name)
         return samples
     if spec.kind == "beir":

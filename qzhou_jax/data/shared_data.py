@@ -238,9 +238,12 @@ def beir_samples(beir: BeirData, instruction: str = "") -> list[RetrievalSample]
     return out
 
 
-def read_reading_comprehension(name: str = "cmrc2018", split: str = "dev",
-                               counter: SkipCounter | None = None) -> list[RetrievalSample]:
-    """SQuAD-style JSON; each question -> reading_comprehension(context, question, first answer)."""
+def read_reading_comprehension(name: str = "cmrc2018", split: str = "dev", counter: SkipCounter | None = None,
+                               max_context_chars: int | None = None) -> list[RetrievalSample]:
+    """SQuAD-style JSON; each question -> reading_comprehension(context, question, first answer).
+
+    `max_context_chars` cuts the context first: the query is truncated from the right by the tokenizer, which
+    would otherwise drop the question that follows a long context."""
     if name != "cmrc2018":
         raise ValueError(f"read_reading_comprehension: unknown dataset {name!r}; available: ['cmrc2018']")
     counter = _counter(counter)
@@ -260,7 +263,8 @@ def read_reading_comprehension(name: str = "cmrc2018", split: str = "dev",
                     counter.skip(name, "empty question (a defect of the published file)", where)
                     continue
                 try:
-                    context = get_text(paragraph, "context", where_p)
+                    context = transforms.truncate_text(get_text(paragraph, "context", where_p),
+                                                       max_chars=max_context_chars)
                     answers = get_field(qa, "answers", where)
                     if not answers:
                         raise DataError(where, "field 'answers' is empty")
@@ -341,11 +345,17 @@ SHARED_DATASETS: dict[str, SharedDataset] = {
 }
 
 
-def read_shared(name: str, split: str, counter: SkipCounter | None = None) -> list:
-    """Training samples of a registered shared dataset (config source "shared:<name>")."""
+def read_shared(name: str, split: str, counter: SkipCounter | None = None, max_chars: int | None = None) -> list:
+    """Training samples of a registered shared dataset (config source "shared:<name>").
+
+    `max_chars` truncates the cmrc2018 contexts (see read_reading_comprehension); other sets refuse it."""
     if name not in SHARED_DATASETS:
         raise ValueError(f"unknown shared dataset {name!r}; available: {sorted(SHARED_DATASETS)}")
     entry = SHARED_DATASETS[name]
     if split not in entry.splits:
         raise ValueError(f"shared:{name}: unknown split {split!r}; available: {list(entry.splits)}")
+    if max_chars is not None:
+        if name != "cmrc2018":
+            raise ValueError(f"shared:{name}: max_chars only applies to shared:cmrc2018 (context truncation)")
+        return read_reading_comprehension(name, split, counter, max_context_chars=max_chars)
     return entry.read(split, counter)

@@ -29,7 +29,8 @@ Dataset dict fields:
   max_examples      keep a seeded random N of the samples read, in file order (demo slices) [None]
   both_directions   pair_score: also emit (b, a, s) [True]
   data_dir          tfds data_dir [None];  label_names  int label id -> name [None]
-  max_chars, max_words   title_body truncation [None]
+  max_chars, max_words   truncate title_body bodies / reading-comprehension contexts (also shared:cmrc2018,
+                    max_chars only) [None]
 """
 from __future__ import annotations
 
@@ -94,13 +95,14 @@ class DatasetSpec:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str, defaults: Mapping[str, Any] = {}) -> "DatasetSpec":
         raw = {**_plain(defaults), **_plain(raw)}
+        if raw.get("name"):
+            where = f"{where} ({raw['name']!r})"
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(raw) - known):
             raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         for key in ("name", "source"):
             if not raw.get(key):
                 raise ValueError(f"{where}: field {key!r} is missing")
-        where = f"{where} ({raw['name']!r})"
         kind = str(raw["source"]).split(":", 1)[0]
         if ":" not in str(raw["source"]) or kind not in SOURCE_KINDS:
             raise ValueError(f"{where}: source {raw['source']!r} must be '<kind>:<location>' with kind in "

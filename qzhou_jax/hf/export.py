@@ -165,6 +165,8 @@ def write_weights(params, config: ModelConfig, out_dir: str | os.PathLike, *, dt
     by_name = {t.name: t for t in tensors}
     shards = plan_shards([(t.name, int(np.prod(t.entry.hf_shape)) * itemsize) for t in tensors], max_shard_bytes)
     writer = jax.process_index() == 0
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
     files = [WEIGHTS_NAME] if len(shards) == 1 else [SHARD_NAME.format(k + 1, len(shards)) for k in range(len(shards))]
     weight_map, total = {}, 0
     for file, names in zip(files, shards):
@@ -265,8 +267,9 @@ queries = model.encode(queries, prompt_name="query")  # default instruction: {in
 queries = model.encode(queries, prompt={query_prompt(prompt, "YOUR INSTRUCTION")!r})
 ```
 
-transformers: `AutoModel.from_pretrained(PATH, trust_remote_code=True)` (without `trust_remote_code` the stock,
-causal Qwen2Model is loaded and the embeddings are wrong). qzhou-jax: `qzhou_jax.encode.Encoder.from_pretrained(PATH)`.
+transformers: `AutoModel.from_pretrained(PATH, trust_remote_code=True)`. Without `trust_remote_code` the stock
+Qwen2Model is loaded: transformers 5.x honours `is_causal: false` in config.json, older versions attend causally and
+give wrong embeddings. qzhou-jax: `qzhou_jax.encode.Encoder.from_pretrained(PATH)`.
 """
 
 

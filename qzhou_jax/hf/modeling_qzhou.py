@@ -5,7 +5,8 @@ This file is shipped inside every qzhou-jax export (config.json's `auto_map` poi
     model = transformers.AutoModel.from_pretrained(path, trust_remote_code=True)
 
 gives the embedding model rather than a causal LM trunk. Without `trust_remote_code=True` transformers falls back
-to its stock Qwen2Model, whose attention is causal: the embeddings would be wrong.
+to its stock Qwen2Model: transformers 5.x then still attends bidirectionally (it honours config.json's
+`is_causal: false`), older releases attend causally and the embeddings are wrong.
 
 Only the attention mask differs from Qwen2 (RECIPE section 1): every token attends to every non-pad token of its
 text. Positions count from each row's first real token (0, 1, ...), as in the JAX encoder, so left and right padding

@@ -35,7 +35,7 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
     assert summary["data"]["real_tokens"] == sum(len(t) for t in tokens)
     assert summary["data"]["padded_tokens"] >= summary["data"]["real_tokens"]
     for side in ("jax", "torch"):
-        assert summary[side]["texts_per_s"] > 0 and summary[side]["peak_rss_mb"] > 0
+        assert summary[side]["texts_per_s"] > 0 and 0 < summary[side]["rss_loaded_mb"] <= summary[side]["peak_rss_mb"]
     assert summary["model"]["params"] > 151665 * 32  # the real vocabulary's embedding table alone
 
 

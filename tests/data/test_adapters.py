@@ -93,3 +93,15 @@ def test_bad_rows_raise_named_errors_or_are_counted(transform, record, message):
 
 def test_every_adapter_has_instruction_field():
     assert all("instruction" in a.fields for a in ADAPTERS.values())
+
+
+def test_reading_comprehension_context_truncation():
+    out = samples_from_rows(rows({"context": "one two three four", "question": "Q?", "answer": "A"}),
+                            "reading_comprehension", options=AdapterOptions(max_words=2))
+    assert out[0].query == "one two" + READING_COMPREHENSION_JOINER + "Q?"
+
+
+def test_flag_embedding_renamed_fields():
+    out = samples_from_rows(rows({"q": "x", "positives": ["y"], "hard": ["z"]}), "retrieval",
+                            {"query": "q", "pos": "positives", "neg": "hard"}, AdapterOptions(instruction="I"))
+    assert out == [RetrievalSample("x", "y", ("z",), "I")]

@@ -132,3 +132,14 @@ def test_missing_folder_message(tmp_path, monkeypatch):
     monkeypatch.setenv(sd.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="QZHOU_DATA_DIR"):
         sd.read_sts("stsb", "test")
+
+
+def test_cmrc2018_context_truncation_keeps_the_question(shared_dir):
+    full = sd.read_reading_comprehension("cmrc2018", "dev")
+    cut = sd.read_shared("cmrc2018", "dev", max_chars=50)
+    assert len(cut) == len(full)
+    for f, c in zip(full[:50], cut[:50]):
+        context, question = f.query.split(READING_COMPREHENSION_JOINER)
+        assert c.query == context[:50].rstrip() + READING_COMPREHENSION_JOINER + question
+    with pytest.raises(ValueError, match="only applies to shared:cmrc2018"):
+        sd.read_shared("stsb", "train", max_chars=10)
