@@ -10,33 +10,17 @@ initialised from stage 1's final params, like configs/stage1.py -> configs/stage
 import ml_collections
 
 from qzhou_jax.config_base import base
-
-INSTR = dict(
-    scifact="Given a scientific claim, retrieve documents that support or refute the claim",
-    trecqa="Given a question, retrieve sentences that answer it",
-    sts="Retrieve semantically similar text.",
-    banking77="Given a online banking query, find the corresponding intents",
-    sst2="Classify the sentiment expressed in the given movie review text",
-)
-RETRIEVAL = dict(max_len_query=32, max_len_passage=96, num_negatives=1)
-SYMMETRIC = dict(max_len_query=32, max_len_passage=32, num_negatives=1)
+from qzhou_jax.data import presets
 
 
 def retrieval_datasets():
-    return [
-        dict(name="scifact", source="shared:scifact", split="train", instruction=INSTR["scifact"], **RETRIEVAL),
-        dict(name="trecqa", source="shared:trecqa", split="train", instruction=INSTR["trecqa"], max_examples=600,
-             **RETRIEVAL),
-    ]
+    return presets.retrieval(max_len_query=48, max_len_passage=96, num_negatives=1, max_examples=600,
+                             chinese=False)
 
 
 def other_datasets():
-    return [
-        dict(name="stsb", source="shared:stsb", split="train", instruction=INSTR["sts"], max_examples=2000,
-             **SYMMETRIC),
-        dict(name="banking77", source="shared:banking77", split="train", instruction=INSTR["banking77"],
-             max_examples=2000, **SYMMETRIC),
-    ]
+    return (presets.pair_score(max_len=32, max_examples=1500, chinese=False)[:1]
+            + presets.classification(max_len=32, num_negatives=1, max_examples=1500)[:1])
 
 
 def get_config(arg="both"):

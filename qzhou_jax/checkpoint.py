@@ -94,7 +94,7 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
     onto the default device.
     """
     manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
-                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                    "meta": ocp.JsonCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     steps = sorted(manager.all_steps(), reverse=True)
@@ -109,7 +109,8 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             meta = manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             config = model_config_from_dict(meta["model_config"])
             metadata = manager.item_metadata(candidate)["state"]
-            params_meta = metadata["params"] if isinstance(metadata, dict) else metadata.params
+            tree = metadata.tree if hasattr(metadata, "tree") else metadata
+            params_meta = tree["params"] if isinstance(tree, dict) else tree.params
             default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             target = jax.tree.map(
                 lambda m, s=None: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s or default), params_meta)

@@ -226,7 +226,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
             eval_metrics = evaluator(state.params)
             writer.write(step, eval_metrics)
             print("eval " + " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
-        checkpoint.save(manager, step, state, data_iter, meta, force=step == total_steps, metrics=eval_metrics)
+        if step % cfg.checkpoint.every == 0 or step == total_steps:
+            checkpoint.save(manager, step, state, data_iter, meta, force=True, metrics=eval_metrics)
 
         if cfg.train.get("crash_after_step") and step == cfg.train.crash_after_step:
             manager.wait_until_finished()

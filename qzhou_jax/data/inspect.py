@@ -36,6 +36,9 @@ def load_config(arg: str):
 
 
 def data_block(config):
+    """The data block of a training config; for a multi-stage config (configs/demo.py), the last stage's."""
+    if "stages" in config:
+        config = list(config.stages.values())[-1]
     return config.data if "data" in config else config
 
 

@@ -4,19 +4,19 @@
     for task in get_tasks("STSBenchmark,SciFact"):
         print(task.name, task.run(encoder, max_examples=200)["main_score"])
 
-| task                     | type               | eval split (others)   | main score      | prompted sides |
-|--------------------------|--------------------|-----------------------|-----------------|----------------|
-| STSBenchmark             | STS                | test (dev, train)     | cosine_spearman | both           |
-| SICK-R                   | STS                | test (dev = trial, train) | cosine_spearman | both       |
-| ATEC, LCQMC              | STS (0/1 gold)     | test (dev)            | cosine_spearman | both           |
-| Ocnli                    | PairClassification | dev (train)           | cosine_ap       | both           |
-| SciFact                  | Retrieval          | test (train)          | ndcg_at_10      | queries        |
-| Banking77Classification  | Classification     | test                  | accuracy        | both           |
-| TRECClassification       | Classification     | test                  | accuracy        | both           |
-| SST2Classification       | Classification     | test (dev)            | accuracy        | both           |
-| Waimai                   | Classification     | test (dev), seeded split | accuracy     | both           |
-| Banking77Clustering      | Clustering         | test                  | v_measure       | both           |
-| TrecQAReranking          | Reranking          | test (dev)            | map             | questions      |
+| task                    | type               | eval split (others)       | main score      | prompted      |
+|-------------------------|--------------------|---------------------------|-----------------|---------------|
+| STSBenchmark            | STS                | test (dev, train)         | cosine_spearman | both sides    |
+| SICK-R                  | STS                | test (dev = trial, train) | cosine_spearman | both sides    |
+| ATEC, LCQMC             | STS (0/1 gold)     | test (dev)                | cosine_spearman | both sides    |
+| Ocnli                   | PairClassification | dev (train)               | cosine_ap       | both sides    |
+| SciFact                 | Retrieval          | test (train)              | ndcg_at_10      | queries only  |
+| Banking77Classification | Classification     | test                      | accuracy        | all texts     |
+| TRECClassification      | Classification     | test                      | accuracy        | all texts     |
+| SST2Classification      | Classification     | test (dev)                | accuracy        | all texts     |
+| Waimai                  | Classification     | test (dev); seeded split  | accuracy        | all texts     |
+| Banking77Clustering     | Clustering         | test (train)              | v_measure       | all texts     |
+| TrecQAReranking         | Reranking          | test (dev)                | map             | questions only|
 
 Prompt sides follow RECIPE section 1 / QZhou's eval scripts: symmetric tasks (STS, pair classification,
 classification, clustering) prompt every text with the task instruction; retrieval prompts only the queries.

@@ -1,0 +1,77 @@
+"""Checkpoints: a killed run resumes to exactly the uninterrupted result; a corrupt checkpoint is set aside."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from qzhou_jax import checkpoint, train
+from qzhou_jax.metrics_writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=5", "--config.checkpoint.keep=3",
+          "--config.export.at_end=False", "--config.plot=False"]
+
+
+def _cli(workdir, *extra):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1", f"--workdir={workdir}",
+           *COMMON, "--config.mesh.shape=(2,2,2)", *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(str(workdir))}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _cli(straight, "--config.train.steps=20")
+    assert done.returncode == 0, done.stderr[-3000:]
+    crash = _cli(killed, "--config.train.steps=20", "--config.train.crash_after_step=12")
+    assert crash.returncode == 17, crash.stderr[-3000:]  # died without any shutdown after step 12
+    assert sorted(checkpoint_steps(killed)) == [5, 10]
+    resumed = _cli(killed, "--config.train.steps=20")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint step 10" in resumed.stdout
+
+    a, b = _losses(straight), _losses(killed)
+    assert sorted(b) == list(range(1, 21))  # rows 11-12 of the crashed run were replaced, not duplicated
+    np.testing.assert_array_equal([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)])
+    pa, _, _ = checkpoint.restore_params(str(straight))
+    pb, _, _ = checkpoint.restore_params(str(killed))
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
+
+
+def checkpoint_steps(workdir):
+    return [int(d) for d in os.listdir(checkpoint.checkpoint_dir(str(workdir))) if d.isdigit()]
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
+    overrides = COMMON + ["--config.checkpoint.async_save=False"]
+    train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=10"]), str(tmp_path))
+    assert sorted(checkpoint_steps(tmp_path)) == [5, 10]
+    # Damage step 10: truncate every array data file of its state.
+    state_dir = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "10", "state")
+    damaged = 0
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 0:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 3)
+                damaged += 1
+    assert damaged
+    capsys.readouterr()
+    summary = train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=12"]),
+                        str(tmp_path))
+    out = capsys.readouterr().out
+    assert "checkpoint step 10" in out and "unreadable" in out
+    assert "resuming from checkpoint step 5" in out
+    assert summary["step"] == 12
+    assert any(d.startswith("10.corrupt") for d in os.listdir(checkpoint.checkpoint_dir(str(tmp_path))))
+    # Steps 6..12 were trained again from step 5 and logged once each.
+    assert sorted(_losses(tmp_path)) == list(range(1, 13))
