@@ -311,6 +311,20 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
 
 
 # ====================================================================================================== CLI
+def initialize_distributed() -> None:
+    """jax.distributed.initialize(): TPU VMs and SLURM are auto-detected; elsewhere (e.g. several CPU processes on
+    one machine, launch/local_multiprocess.sh) JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID say
+    who is who, and CPU collectives go through gloo."""
+    kwargs = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
 def load_config(path: str, overrides: list[str] = ()):
     """A config file (`path[:arg]`) with `--config.a.b=value` overrides applied, exactly as on the command line.
     The config is locked: an override of a key that does not exist is an error naming it."""
@@ -339,7 +353,7 @@ def main(argv=None) -> None:
         for noisy in ("absl", "orbax", "jax._src"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         if flags.FLAGS.config.get("distributed"):
-            jax.distributed.initialize()
+            initialize_distributed()
         summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
 

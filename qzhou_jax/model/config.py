@@ -138,7 +138,9 @@ PRESETS: dict[str, ModelConfig] = {
         # Tiny sizes: tests and the CPU demo. The demo keeps the real Qwen2.5 vocabulary so the real tokenizer works.
         "tiny": ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=512),
-        "demo": ModelConfig(vocab_size=151665, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+        "small": ModelConfig(vocab_size=151665, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+                         num_kv_heads=2, max_position_embeddings=2048),
+    "demo": ModelConfig(vocab_size=151665, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=2048),
 }
 

@@ -1,0 +1,375 @@
+"""Training-step throughput: the project's jitted retrieval train step against an equivalent PyTorch step.
+
+    python benchmarks/train_step.py [--hidden 768 --layers 12 --heads 12 --kv-heads 4 --intermediate 2048
+                                     --batch 8 --negatives 1 --query-len 64 --passage-len 128 --steps 5
+                                     --dtype float32]
+
+One random Qwen2 checkpoint (real Qwen2.5 vocabulary) is written with `save_pretrained` and loaded by both sides.
+Both get the same retrieval batch: B SciFact train claims, each with its relevant abstract and N random other
+abstracts as hard negatives, tokenised once with the built-in Qwen2.5 tokenizer and padded to fixed lengths.
+
+JAX: `make_step_fn` (bidirectional encoder, mean pooling, L2 norm, `losses.task_loss('retrieval')`, AdamW from
+`optim.make_optimizer`, clipping 1.0), on a one-device mesh (-1, 1, 1); compiled ahead of time so that compile time
+is reported on its own. PyTorch: transformers' `Qwen2Model` with its bidirectional mask (as tests/oracle.py),
+mean pooling, L2 norm, the same InfoNCE written in torch, `torch.optim.AdamW` with the same numbers.
+Each side runs in its own fresh process (clean peak RSS, no idle thread pools of the other library) and does one
+warm-up step, then `--steps` timed steps (median reported). Both start from the same weights, so their per-step
+losses and gradient norms must agree: that is the check that they run the same computation.
+MFU here is model FLOP/s (train_step.flops_per_token x real tokens / step time) over this machine's measured fp32
+matmul FLOP/s (numpy, `--matmul-size`^2 matrices, best of `--matmul-repeats`). Prints a table and one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/train_step.py` puts benchmarks/, not the repo, on the path
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
+
+from benchmarks.encode import (QWEN25_VOCAB, _in_fresh_process, _peak_rss_mb, _rss_mb,  # noqa: E402
+                               make_checkpoint, synthetic_texts)
+
+TASK = "retrieval"
+TAU = 0.02
+
+
+# ------------------------------------------------------------------------------------------------------ batch
+def retrieval_texts(batch: int, negatives: int, seed: int = 0) -> tuple[list[tuple[str, str, list[str]]], str]:
+    """`batch` (query, positive, hard negatives) triples and where they came from.
+
+    SciFact train split from the shared data folder: one sample per claim (its first relevant abstract), the
+    negatives drawn at random (seeded) from abstracts not relevant to it. Synthetic text if the folder is missing.
+    """
+    from qzhou_jax.data.shared_data import DATA_DIR_ENV, read_beir
+
+    rng = random.Random(seed)
+    try:
+        corpus, queries, qrels = read_beir("scifact", "train")
+    except FileNotFoundError as e:
+        print(f"note: {e}; using synthetic text (set {DATA_DIR_ENV})", file=sys.stderr)
+        texts = synthetic_texts(batch * (2 + negatives), seed)
+        per = 2 + negatives
+        return [(texts[i * per], texts[i * per + 1], texts[i * per + 2:(i + 1) * per]) for i in range(batch)], \
+            "synthetic"
+    doc_ids = sorted(corpus)
+    samples = []
+    for qid, judged in qrels.items():
+        relevant = [d for d, rel in judged.items() if rel > 0]
+        if not relevant:
+            continue
+        negs = []
+        while len(negs) < negatives:
+            d = rng.choice(doc_ids)
+            if d not in judged and d not in negs:
+                negs.append(d)
+        samples.append((queries[qid], corpus[relevant[0]], [corpus[d] for d in negs]))
+        if len(samples) == batch:
+            break
+    if len(samples) < batch:
+        raise ValueError(f"scifact train has only {len(samples)} queries with a relevant document; --batch {batch}")
+    return samples, "scifact train (claims, relevant abstracts, random other abstracts as negatives)"
+
+
+def make_batch(samples, query_len: int, passage_len: int) -> dict[str, np.ndarray]:
+    """The project's retrieval batch layout (train_step.embed_batch), padded to fixed lengths."""
+    from qzhou_jax.tokenizer import load_tokenizer, tokenize
+
+    tokenizer = load_tokenizer()
+    q = tokenize(tokenizer, [s[0] for s in samples], query_len, pad_to=query_len)
+    docs = [d for _, pos, negs in samples for d in [pos, *negs]]
+    d = tokenize(tokenizer, docs, passage_len, pad_to=passage_len)
+    b, c = len(samples), 1 + len(samples[0][2])
+    return {"anchor_ids": q["input_ids"], "anchor_mask": q["attention_mask"],
+            "cand_ids": d["input_ids"].reshape(b, c, passage_len),
+            "cand_mask": d["attention_mask"].reshape(b, c, passage_len),
+            "cand_valid": np.ones((b, c), bool)}
+
+
+# ------------------------------------------------------------------------------------------ machine peak
+def matmul_flops(size: int, repeats: int) -> dict:
+    """fp32 FLOP/s of numpy (BLAS, all cores) on size x size matrices: best and median of `repeats`."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, size, size), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * size ** 3 / (time.perf_counter() - start))
+    return {"size": size, "repeats": repeats, "best_flops": max(rates), "median_flops": statistics.median(rates),
+            "numpy": np.__version__}
+
+
+# ------------------------------------------------------------------------------------------------- JAX side
+def optim_config(lr: float, weight_decay: float, clip: float):
+    """The project's optim block with a constant rate (no warm-up), so both sides take identical updates."""
+    from qzhou_jax.config_base import base
+
+    cfg = base().optim
+    cfg.update(dict(lr=lr, warmup_steps=0, decay="constant", weight_decay=weight_decay, grad_clip=clip))
+    return cfg
+
+
+def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float) -> dict:
+    # One CPU device, whatever the parent's XLA_FLAGS say (the test suite fakes 8).
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = flags.strip()
+    import jax
+
+    from qzhou_jax import losses, optim, sharding
+    from qzhou_jax import model as qmodel
+    from qzhou_jax.hf.load import load_params
+    from qzhou_jax.model import ModelConfig
+    from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn, mesh_context
+
+    start = time.perf_counter()
+    config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy="none")
+    mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
+    tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1)
+    abstract, logical = qmodel.abstract_params(config)
+    p_sh = sharding.param_shardings(abstract, logical, mesh)
+    st_sh = TrainState(step=sharding.replicated(mesh), params=p_sh,
+                       opt_state=sharding.opt_state_shardings(jax.eval_shape(tx.init, abstract), p_sh, mesh))
+    b_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+    state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, p_sh))
+    device_batch = jax.device_put(batch, b_sh)
+    jax.block_until_ready((state, device_batch))
+    load, rss_loaded = time.perf_counter() - start, _rss_mb()
+
+    step = make_step_fn(TASK, config=config, loss_config=losses.LossConfig(tau=TAU), tx=tx, schedule=schedule,
+                        gradcache_chunks=0, state_shardings=st_sh, batch_shardings=b_sh,
+                        metrics_sharding=sharding.replicated(mesh), rules=sharding.activation_rules(mesh, config),
+                        mesh=mesh)
+    start = time.perf_counter()
+    with mesh_context(mesh):
+        compiled = step.jitted.lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - start
+    try:
+        cost = compiled.cost_analysis()
+        xla_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    except Exception:  # not every backend/version reports a cost analysis
+        xla_flops = None
+
+    step_s, step_losses, grad_norms = [], [], []
+    for _ in range(steps + 1):  # the first is the warm-up
+        start = time.perf_counter()
+        state, metrics = compiled(state, device_batch)
+        jax.block_until_ready((state, metrics))
+        step_s.append(time.perf_counter() - start)
+        step_losses.append(float(metrics["loss"]))
+        grad_norms.append(float(metrics["grad_norm"]))
+    tokens_anchor = float(batch["anchor_mask"].sum())
+    tokens_cand = float((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
+    shapes = {k: v.shape for k, v in batch.items()}
+    return dict(load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
+                losses=step_losses, grad_norms=grad_norms, peak_rss_mb=_peak_rss_mb(),
+                model_flops=batch_flops(config, shapes, tokens_anchor, tokens_cand), xla_flops=xla_flops,
+                device=str(jax.devices()[0].platform), tokens=int(metrics["tokens"]))
+
+
+# --------------------------------------------------------------------------------------------- PyTorch side
+def torch_retrieval_infonce(q, c, valid, tau: float = TAU):
+    """Retrieval InfoNCE as a cross-entropy over [every document of the batch | every other query].
+
+    q [B, E], c [B, C, E] unit vectors, valid [B, C] bool. Row i's target is its positive (column i * C); its own
+    hard negatives, every other sample's documents and every other query are the negatives; the diagonal of the
+    query-query block and invalid documents are masked out. Written independently of qzhou_jax.losses.
+    """
+    import torch
+
+    b, n_cand, _ = c.shape
+    docs = c.reshape(b * n_cand, -1)
+    s_qd = q @ docs.T
+    s_qq = (q @ q.T).masked_fill(torch.eye(b, dtype=torch.bool), float("-inf"))
+    s_qd = s_qd.masked_fill(~valid.reshape(1, b * n_cand), float("-inf"))
+    logits = torch.cat([s_qd, s_qq], dim=1) / tau
+    return torch.nn.functional.cross_entropy(logits, torch.arange(b) * n_cand)
+
+
+def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
+              threads: int) -> dict:
+    import contextlib
+
+    import torch
+    import transformers
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from qzhou_jax.config_base import base
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    opt = base().optim
+    start = time.perf_counter()
+    model = transformers.Qwen2Model.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.train()  # attention dropout is 0 in the config: train mode changes nothing numerically
+    for layer in model.layers:
+        layer.self_attn.is_causal = False  # with the bidirectional mask below
+    # As optim.decay_mask: decay matrices and the embedding, not biases or norm scales.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.b1, opt.b2), eps=opt.eps)
+    t = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
+    b, n_cand, lc = t["cand_ids"].shape
+    load, rss_loaded = time.perf_counter() - start, _rss_mb()
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext())
+
+    def embed(ids, mask):
+        ids, mask = ids.long(), mask.long()
+        with autocast:
+            embeds = model.embed_tokens(ids)
+            full = create_bidirectional_mask(model.config, embeds, mask)
+            hidden = model(inputs_embeds=embeds, attention_mask={"full_attention": full}).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        q = embed(t["anchor_ids"], t["anchor_mask"])
+        c = embed(t["cand_ids"].reshape(b * n_cand, lc), t["cand_mask"].reshape(b * n_cand, lc))
+        loss = torch_retrieval_infonce(q, c.reshape(b, n_cand, -1), t["cand_valid"].bool())
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        return float(loss), float(grad_norm)
+
+    step_s, step_losses, grad_norms = [], [], []
+    for _ in range(steps + 1):  # the first is the warm-up
+        start = time.perf_counter()
+        loss, grad_norm = train_step()
+        step_s.append(time.perf_counter() - start)
+        step_losses.append(loss)
+        grad_norms.append(grad_norm)
+    return dict(load_s=load, rss_loaded_mb=rss_loaded, warmup_s=step_s[0], step_s=step_s[1:], losses=step_losses,
+                grad_norms=grad_norms, peak_rss_mb=_peak_rss_mb(), threads=threads)
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def summarise(side: dict, examples: int, real_tokens: int, model_flops: float, peak_flops: float) -> dict:
+    seconds = statistics.median(side["step_s"])
+    return {"step_s": seconds, "tokens_per_s": real_tokens / seconds, "examples_per_s": examples / seconds,
+            "model_flops_per_s": model_flops / seconds, "mfu": model_flops / seconds / peak_flops,
+            "warmup_s": side["warmup_s"], "load_s": side["load_s"], "rss_loaded_mb": side["rss_loaded_mb"],
+            "peak_rss_mb": side["peak_rss_mb"], "steps_s": side["step_s"], "losses": side["losses"],
+            "grad_norms": side["grad_norms"]}
+
+
+def format_table(jax_row: dict, torch_row: dict) -> str:
+    rows = [("step s (median)", "step_s", "{:.3f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
+            ("examples/s", "examples_per_s", "{:.2f}"), ("model GFLOP/s", "model_flops_per_s", "{:.2f}"),
+            ("MFU vs matmul peak", "mfu", "{:.3f}"), ("warm-up step s", "warmup_s", "{:.2f}"),
+            ("checkpoint load s", "load_s", "{:.2f}"), ("RSS after load MB", "rss_loaded_mb", "{:.0f}"),
+            ("peak RSS MB (process)", "peak_rss_mb", "{:.0f}")]
+    lines = [f"{'':24s}{'JAX':>12s}{'PyTorch':>12s}{'JAX/PyTorch':>14s}"]
+    for label, key, fmt in rows:
+        a, b = jax_row[key], torch_row[key]
+        scale = 1e-9 if key == "model_flops_per_s" else 1.0
+        lines.append(f"{label:24s}{fmt.format(a * scale):>12s}{fmt.format(b * scale):>12s}{a / b:>14.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=8, help="queries per step (B)")
+    parser.add_argument("--negatives", type=int, default=1, help="hard negatives per query (N)")
+    parser.add_argument("--query-len", type=int, default=64)
+    parser.add_argument("--passage-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per side (median reported)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype; weights and optimizer state stay float32 on both sides")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--matmul-repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch, args.query_len, args.passage_len, args.matmul_size, args.matmul_repeats) < 1 \
+            or args.negatives < 0:
+        parser.error("--steps, --batch, lengths and matmul figures must be >= 1, --negatives >= 0")
+    clip = 1.0
+
+    load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
+    samples, source = retrieval_texts(args.batch, args.negatives)
+    batch = make_batch(samples, args.query_len, args.passage_len)
+    peak = _in_fresh_process(matmul_flops, args.matmul_size, args.matmul_repeats)
+    with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as model_dir:
+        n_params = _in_fresh_process(make_checkpoint, model_dir, args.hidden, args.layers, args.heads,
+                                     args.kv_heads, args.intermediate)
+        common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
+        torch_side = _in_fresh_process(run_torch, *common, args.threads)
+        jax_side = _in_fresh_process(run_jax, *common)
+
+    tokens_anchor = int(batch["anchor_mask"].sum())
+    tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
+    real_tokens = tokens_anchor + tokens_cand
+    padded_tokens = batch["anchor_mask"].size + batch["cand_mask"].size
+    if jax_side["tokens"] != real_tokens:
+        raise AssertionError(f"JAX step counted {jax_side['tokens']} tokens, the batch holds {real_tokens}")
+    flops = jax_side["model_flops"]
+    jax_row = summarise(jax_side, args.batch, real_tokens, flops, peak["best_flops"])
+    torch_row = summarise(torch_side, args.batch, real_tokens, flops, peak["best_flops"])
+    loss_diff = max(abs(a - b) for a, b in zip(jax_side["losses"], torch_side["losses"]))
+    norm_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(jax_side["grad_norms"], torch_side["grad_norms"]))
+    cores = len(os.sched_getaffinity(0))
+    load_after = os.getloadavg()[0]
+
+    print(f"random Qwen2: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, "
+          f"{args.heads}/{args.kv_heads} heads, ffn {args.intermediate}, vocab {QWEN25_VOCAB}), {args.dtype} compute, "
+          f"fp32 weights and AdamW state (lr {args.lr:g}, weight decay {args.weight_decay:g}, clip {clip:g})")
+    print(f"retrieval batch from {source}: {args.batch} queries x (1 + {args.negatives}) passages, lengths "
+          f"{args.query_len}/{args.passage_len}; {real_tokens} real tokens ({tokens_anchor} query + {tokens_cand} "
+          f"passage) of {padded_tokens} padded; model FLOPs/step {flops / 1e9:.1f} G "
+          + (f" (XLA counts {jax_side['xla_flops'] / 1e9:.1f} G, optimizer included)" if jax_side["xla_flops"] else ""))
+    print(f"machine: {cores} CPU cores visible; numpy fp32 {args.matmul_size}^2 matmul {peak['best_flops'] / 1e9:.1f} "
+          f"GFLOP/s best, {peak['median_flops'] / 1e9:.1f} median of {args.matmul_repeats}; 1-min load average "
+          f"{load_before:.1f} before, {load_after:.1f} after")
+    print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device); PyTorch {torch_side['threads']} threads, SDPA; "
+          f"median of {args.steps} timed steps after one warm-up step")
+    print(format_table(jax_row, torch_row))
+    print(f"JAX compile (ahead of time, excluded from the warm-up step): {jax_side['compile_s']:.2f} s")
+    print(f"losses    JAX {' '.join(f'{x:.6f}' for x in jax_side['losses'])}")
+    print(f"          PyTorch {' '.join(f'{x:.6f}' for x in torch_side['losses'])}  (max |diff| {loss_diff:.2e})")
+    print(f"grad norm JAX {' '.join(f'{x:.5f}' for x in jax_side['grad_norms'])}")
+    print(f"          PyTorch {' '.join(f'{x:.5f}' for x in torch_side['grad_norms'])}  (max rel diff {norm_rel:.2e})")
+
+    summary = {
+        "model": {"params": n_params, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
+                  "kv_heads": args.kv_heads, "intermediate": args.intermediate, "vocab": QWEN25_VOCAB,
+                  "dtype": args.dtype},
+        "data": {"source": source, "batch": args.batch, "negatives": args.negatives, "query_len": args.query_len,
+                 "passage_len": args.passage_len, "real_tokens": real_tokens, "query_tokens": tokens_anchor,
+                 "passage_tokens": tokens_cand, "padded_tokens": padded_tokens},
+        "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "grad_clip": clip, "tau": TAU},
+        "model_flops_per_step": flops, "xla_flops_per_step": jax_side["xla_flops"],
+        "matmul_peak": peak, "cores": cores, "steps": args.steps, "load_average": [load_before, load_after],
+        "jax": {**jax_row, "compile_s": jax_side["compile_s"], "device": jax_side["device"]},
+        "torch": {**torch_row, "threads": torch_side["threads"]},
+        "ratio_jax_over_torch": {k: jax_row[k] / torch_row[k] for k in ("step_s", "tokens_per_s", "peak_rss_mb")},
+        "initial_loss": {"jax": jax_side["losses"][0], "torch": torch_side["losses"][0]},
+        "max_loss_diff": loss_diff, "max_grad_norm_rel_diff": norm_rel,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
