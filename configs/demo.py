@@ -36,6 +36,11 @@ def get_config(arg="both"):
     c.checkpoint.every = 30
     c.checkpoint.keep = 2
     c.export.dtype = "float32"
+    c.eval.tasks = ("STSBenchmark", "SciFact")
+    c.eval.every = 30
+    c.eval.split = "dev"        # tasks without a dev split fall back to their own
+    c.eval.max_examples = 200
+    c.eval.max_length = 96
     c.data = dict(
         datasets=retrieval_datasets(), alpha=0.5, eta=None, seed=0,
         batch_size=dict(retrieval=16, pair_score=32, classification=16),

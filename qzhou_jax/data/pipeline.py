@@ -69,17 +69,21 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
     otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
     """
     samples = read_samples(spec, counter)
-    if spec.max_examples is not None and len(samples) > spec.max_examples:
-        rng = np.random.default_rng([seed, *spec.name.encode()])
-        keep = np.sort(rng.choice(len(samples), size=spec.max_examples, replace=False))
-        samples = [samples[i] for i in keep]
-    if spec.task == PAIR_SCORE and spec.both_directions:
-        samples = both_directions(samples)
-    if spec.task == CLASSIFICATION:
+    if spec.task == CLASSIFICATION:  # in the file itself a label with one text is bad input
         for label in LabelIndex(samples).singleton_labels():
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
                                                               f"can be drawn for it"))
             samples = [s for s in samples if s.label != label]
+    if spec.max_examples is not None and len(samples) > spec.max_examples:
+        rng = np.random.default_rng([seed, *spec.name.encode()])
+        keep = np.sort(rng.choice(len(samples), size=spec.max_examples, replace=False))
+        samples = [samples[i] for i in keep]
+        if spec.task == CLASSIFICATION:  # ...but after our own subsampling it is expected: counted and dropped
+            for label in LabelIndex(samples).singleton_labels():
+                counter.skip(spec.name, "label left with a single text by max_examples", f"{spec.source} {label!r}")
+                samples = [s for s in samples if s.label != label]
+    if spec.task == PAIR_SCORE and spec.both_directions:
+        samples = both_directions(samples)
     if not samples:
         raise ValueError(f"{spec.name} ({spec.source}, split {spec.split!r}): no samples")
     return samples

@@ -160,6 +160,23 @@ def test_unknown_classification_label_without_partner(files, write_jsonl):
     assert info.sizes[2] == 2 and info.skipped.total("cls") == 1
 
 
+def test_max_examples_singleton_labels_are_counted_not_fatal(files, write_jsonl):
+    # 20 texts of label x, one each of labels y0..y9: a 12-row slice often leaves some label alone.
+    rows = [{"text": f"x {i}", "label": "x"} for i in range(20)]
+    rows += [{"text": f"y {i} {j}", "label": f"y{i}"} for i in range(10) for j in range(2)]
+    write_jsonl(files / "cls.jsonl", rows)
+    cfg = config(files).to_dict()
+    cfg["datasets"][2]["max_examples"] = 12
+    info = mixture_info(cfg)
+    from qzhou_jax.data.transforms import LabelIndex
+    from qzhou_jax.data.pipeline import load_datasets
+    datasets, counter = load_datasets(cfg)
+    kept = datasets[2].samples
+    assert not LabelIndex(kept).singleton_labels()
+    assert info.sizes[2] == len(kept) and len(kept) + counter.total("cls") == 12
+    assert counter.total("cls") > 0 and "single text" in counter.report()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d["datasets"][0].update(instrution="x"), r"config.data.datasets\[0\] \('ret'\): unknown field"),
     (lambda d: d["datasets"][0].pop("task"), "field 'task' is missing"),

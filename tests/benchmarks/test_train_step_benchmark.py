@@ -1,0 +1,116 @@
+"""Keeps benchmarks/train_step.py from rotting: a toy-size run end to end (no timing assertions), its torch loss
+against the project's, and its retrieval batch."""
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import train_step as bench
+from qzhou_jax import losses
+from qzhou_jax.tokenizer import load_tokenizer
+
+TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
+       "--batch", "4", "--negatives", "1", "--query-len", "16", "--passage-len", "24", "--steps", "2",
+       "--matmul-size", "128", "--matmul-repeats", "2", "--threads", "1"]
+QUERIES = ["Aspirin lowers the risk of heart attacks.", "Vitamin D deficiency causes rickets in children.",
+           "Exercise improves memory in older adults with mild impairment.", "Coffee prevents liver disease.",
+           "Sleep loss impairs glucose tolerance."]
+
+
+def write_scifact(root, n_queries=len(QUERIES), n_docs=12):
+    """A BEIR folder: query i is relevant to doc i; every document is long enough to be truncated."""
+    folder = root / "scifact"
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for d in range(n_docs):
+            words = " ".join(f"finding{d} cohort{w} outcome" for w in range(20))
+            f.write(json.dumps({"_id": f"d{d}", "title": f"Study {d}", "text": words}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for q, text in enumerate(QUERIES[:n_queries]):
+            f.write(json.dumps({"_id": f"q{q}", "text": text}) + "\n")
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{q}\td{q}\t1\n" for q in range(n_queries)))
+    return folder
+
+
+@pytest.mark.slow  # ~25-40 s: three fresh interpreters (checkpoint writer, torch, JAX) and a JAX compile
+def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, capsys):
+    write_scifact(tmp_path)
+    monkeypatch.setenv("QZHOU_DATA_DIR", str(tmp_path))
+
+    summary = bench.main(TOY)
+
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
+    assert "JAX/PyTorch" in out and "MFU" in out
+    assert summary["data"]["source"].startswith("scifact")
+    # Same weights, same batch, same optimizer: the two independent steps agree on every step's loss and gradient
+    # norm (after step 1 this also checks that the AdamW updates agree).
+    assert len(summary["jax"]["losses"]) == len(summary["torch"]["losses"]) == 3
+    np.testing.assert_allclose(summary["jax"]["losses"], summary["torch"]["losses"], rtol=1e-4)
+    np.testing.assert_allclose(summary["jax"]["grad_norms"], summary["torch"]["grad_norms"], rtol=1e-4)
+    assert summary["jax"]["losses"][2] < summary["jax"]["losses"][0]  # it trains
+    # Real tokens, counted independently: the first 4 queries, and 4 x 2 passages all truncated at 24.
+    tokenizer = load_tokenizer()
+    query_tokens = sum(len(ids) for ids in tokenizer(QUERIES[:4], add_special_tokens=False)["input_ids"])
+    assert summary["data"]["query_tokens"] == query_tokens
+    assert summary["data"]["passage_tokens"] == 4 * 2 * 24
+    assert summary["data"]["padded_tokens"] == 4 * 16 + 4 * 2 * 24
+    for side in ("jax", "torch"):
+        row = summary[side]
+        assert row["step_s"] > 0 and len(row["steps_s"]) == 2
+        assert np.isclose(row["tokens_per_s"], (query_tokens + 4 * 2 * 24) / row["step_s"])
+        assert np.isclose(row["examples_per_s"], 4 / row["step_s"])
+        assert np.isclose(row["mfu"], summary["model_flops_per_step"] / row["step_s"]
+                          / summary["matmul_peak"]["best_flops"])
+        assert 0 < row["rss_loaded_mb"] <= row["peak_rss_mb"]
+    assert summary["jax"]["compile_s"] > 0
+    assert summary["model"]["params"] > 151665 * 32  # the real vocabulary's embedding table alone
+    # Model FLOPs: 6 x (matmul params) per token + attention, at least the matmul part.
+    matmul_params = 32 * 2 * 16 + 2 * 32 * 16 + 2 * 16 * 32 + 3 * 32 * 64
+    assert summary["model_flops_per_step"] >= 6 * matmul_params * (query_tokens + 4 * 2 * 24)
+
+
+def test_torch_infonce_matches_the_projects_retrieval_loss():
+    rng = np.random.default_rng(0)
+    b, c, e = 5, 3, 16
+    q = rng.standard_normal((b, e)).astype(np.float32)
+    docs = rng.standard_normal((b, c, e)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    docs /= np.linalg.norm(docs, axis=-1, keepdims=True)
+    valid = np.ones((b, c), bool)
+    valid[::2, -1] = False
+    for tau in (0.02, 0.5):
+        expected = losses.retrieval_infonce(jax.numpy.asarray(q), jax.numpy.asarray(docs), valid, tau=tau)
+        got = bench.torch_retrieval_infonce(torch.from_numpy(q), torch.from_numpy(docs), torch.from_numpy(valid),
+                                            tau=tau)
+        np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+
+
+def test_retrieval_batch_from_scifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("QZHOU_DATA_DIR", str(tmp_path))
+    samples, source = bench.retrieval_texts(3, 2)  # no folder: synthetic, deterministic
+    assert source == "synthetic" and samples == bench.retrieval_texts(3, 2)[0]
+    assert all(len(negs) == 2 for _, _, negs in samples)
+
+    write_scifact(tmp_path)
+    samples, source = bench.retrieval_texts(4, 3, seed=1)
+    assert source.startswith("scifact") and samples == bench.retrieval_texts(4, 3, seed=1)[0]
+    assert [s[0] for s in samples] == QUERIES[:4]
+    for i, (_, positive, negatives) in enumerate(samples):
+        assert positive.startswith(f"Study {i} ")
+        assert len(set(negatives)) == 3 and positive not in negatives
+    with pytest.raises(ValueError, match="only 5 queries"):
+        bench.retrieval_texts(6, 1)
+
+    batch = bench.make_batch(samples, 16, 24)
+    assert batch["anchor_ids"].shape == (4, 16) and batch["cand_ids"].shape == (4, 4, 24)
+    assert batch["cand_valid"].all() and batch["cand_mask"].all()  # every passage is truncated, none padded
+    tokenizer = load_tokenizer()
+    ids = tokenizer(samples[2][2][1], add_special_tokens=False)["input_ids"][:24]
+    np.testing.assert_array_equal(batch["cand_ids"][2, 2], ids)  # sample 2's second negative
+    q_ids = tokenizer(QUERIES[1], add_special_tokens=False)["input_ids"]
+    assert batch["anchor_mask"][1].sum() == len(q_ids)
+    np.testing.assert_array_equal(batch["anchor_ids"][1][batch["anchor_mask"][1] == 1], q_ids)
