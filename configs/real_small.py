@@ -23,7 +23,7 @@ def get_config(arg="both"):
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 30
     c.optim.decay = "cosine"
-    c.train.steps = 300
+    c.train.steps = 200
     c.train.log_every = 10
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
@@ -44,7 +44,9 @@ def get_config(arg="both"):
         return c
     c2 = c.copy_and_resolve_references()
     c2.optim.lr = 5e-4
-    c2.train.steps = 300
+    c2.train.steps = 250
+    c2.eval.every = 125
+    c2.checkpoint.every = 125
     c2.data.datasets = (retrieval + presets.pair_score(max_len=48, chinese=False)
                         + presets.classification(max_len=48, num_negatives=1))
     c2.data.eta = 0.72

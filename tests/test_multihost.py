@@ -2,8 +2,10 @@
 
 Each process runs tests/multihost_worker.py (which calls qzhou_jax.train.run on a shared workdir and prints what its
 host fed into every step). A first invocation trains 6 steps with checkpoints every 3; a second one with 9 steps
-resumes from step 6. The independent references are a single-process pipeline per host slice (what each host must
-feed) and an uninterrupted single-process 8-device run in this process (what the losses and params must be).
+resumes from step 6 and exports the model (collective gathers). The independent references are a single-process
+pipeline per host slice (what each host must feed), an uninterrupted single-process 8-device run in this process
+(what the losses and params must be) and the final checkpoint read back by one process (what the export must hold).
+Evaluation is off: it would add minutes on 2 shared cores.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 
 from qzhou_jax import checkpoint, train
 from qzhou_jax.data import pipeline as data_pipeline
+from qzhou_jax.hf.load import load_params
 from qzhou_jax.metrics_writer import read_metrics
 from qzhou_jax.tokenizer import load_tokenizer
 from tests.multihost_worker import fingerprint
@@ -35,7 +38,8 @@ NUM_PROCESSES, LOCAL_DEVICES = 2, 4
 FIRST_STEPS, TOTAL_STEPS, EVERY = 6, 9, 3
 # A constant schedule after warm-up, so the 6-step and 9-step runs see the same learning rates at every step.
 COMMON = ["--config.train.log_every=1", f"--config.checkpoint.every={EVERY}", "--config.export.at_end=False",
-          "--config.plot=False", "--config.mesh.shape=(2,2,2)", "--config.optim.decay=constant"]
+          "--config.plot=False", "--config.eval.tasks=()", "--config.mesh.shape=(2,2,2)",
+          "--config.optim.decay=constant"]
 TIMEOUT_S = 600  # per invocation (both processes); a healthy one takes ~1.5 min on 2 busy cores
 NOISE = "Involuntary full rematerialization"  # XLA's SPMD warnings flood stderr; drop them from failure reports
 PROGRESS = re.compile(r"^step (\d+)/\d+ \| .*?\| loss (\S+) \|")
@@ -56,6 +60,11 @@ class Process:
         return {int(m[1]): m[2] for m in map(PROGRESS.match, self.stdout.splitlines()) if m}
 
 
+def training_rows(workdir: str) -> list[dict]:
+    """metrics.jsonl rows of training steps (evaluation results, if any, are rows of their own)."""
+    return [r for r in read_metrics(workdir) if "loss" in r]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +80,7 @@ def report(processes: list[Process]) -> str:
                      f"---- process {i} stderr:\n{_tail(p.stderr)}" for i, p in enumerate(processes))
 
 
-def launch(workdir, logs, name: str, steps: int) -> list[Process]:
+def launch(workdir, logs, name: str, steps: int, extra=()) -> list[Process]:
     """Runs the worker as NUM_PROCESSES processes; once one fails, the others are killed rather than left
     waiting on collectives; all are killed at TIMEOUT_S. Output goes to files (a full pipe would stall a peer)."""
     port = _free_port()
@@ -81,7 +90,8 @@ def launch(workdir, logs, name: str, steps: int) -> list[Process]:
         paths.append((out, err))
         cmd = [sys.executable, "-m", "tests.multihost_worker", f"--process_id={i}",
                f"--num_processes={NUM_PROCESSES}", f"--port={port}", f"--workdir={workdir}",
-               f"--local_devices={LOCAL_DEVICES}", f"--config={CONFIG}", *COMMON, f"--config.train.steps={steps}"]
+               f"--local_devices={LOCAL_DEVICES}", f"--config={CONFIG}", *COMMON, f"--config.train.steps={steps}",
+               *extra]
         with open(out, "w") as fo, open(err, "w") as fe:
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=fo, stderr=fe))
     deadline, timed_out = time.monotonic() + TIMEOUT_S, False
@@ -104,14 +114,15 @@ def launch(workdir, logs, name: str, steps: int) -> list[Process]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Both 2-process invocations on one workdir: 6 steps, then resumed to 9."""
+    """Both 2-process invocations on one workdir: 6 steps, then resumed to 9 and exported (collective gathers)."""
     root = tmp_path_factory.mktemp("multihost")
     workdir = root / "workdir"
     first = launch(workdir, root, "first", FIRST_STEPS)
     if any(p.returncode for p in first):
         pytest.fail(f"first invocation failed\n{report(first)}")
     first_checkpoints = {step: _listing(workdir, step) for step in checkpoint_steps(workdir)}  # before keep= prunes
-    second = launch(workdir, root, "second", TOTAL_STEPS)
+    second = launch(workdir, root, "second", TOTAL_STEPS, ["--config.export.at_end=True",
+                                                           "--config.export.dtype=float32"])
     return dict(workdir=workdir, first=first, second=second, first_checkpoints=first_checkpoints)
 
 
@@ -140,7 +151,7 @@ def test_two_processes_train_one_global_mesh(runs):
                                 global_devices=NUM_PROCESSES * LOCAL_DEVICES), summary
         assert summary["step"] == FIRST_STEPS
     # Process 0 wrote every step; both processes saw the same (replicated) losses.
-    rows = read_metrics(str(runs["workdir"]))
+    rows = training_rows(str(runs["workdir"]))
     first_rows = [r for r in rows if r["step"] <= FIRST_STEPS]
     assert [r["step"] for r in first_rows] == list(range(1, FIRST_STEPS + 1))
     assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in first_rows)
@@ -163,7 +174,7 @@ def test_second_invocation_resumes_from_last_checkpoint(runs):
         assert len(p.records("HOST_BATCH")) == TOTAL_STEPS - FIRST_STEPS  # only the new steps were trained
         assert p.records("SUMMARY")[0]["step"] == TOTAL_STEPS
     assert second[0].losses() == second[1].losses()
-    rows = read_metrics(str(runs["workdir"]))
+    rows = training_rows(str(runs["workdir"]))
     assert [r["step"] for r in rows] == list(range(1, TOTAL_STEPS + 1))  # each step logged exactly once
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert TOTAL_STEPS in checkpoint_steps(runs["workdir"])
@@ -180,7 +191,7 @@ def test_every_global_batch_is_one_dataset_and_hosts_feed_their_own_slice(runs):
     per_host = _host_batches(runs)
     assert [len(h) for h in per_host] == [TOTAL_STEPS] * NUM_PROCESSES
     cfg = train.load_config(CONFIG, COMMON + [f"--config.train.steps={TOTAL_STEPS}"])
-    rows = {r["step"]: r for r in read_metrics(str(runs["workdir"]))}
+    rows = {r["step"]: r for r in training_rows(str(runs["workdir"]))}
     datasets, counter = data_pipeline.load_datasets(cfg.data)
     names = [d.spec.name for d in datasets]
     for step, records in enumerate(zip(*per_host), start=1):
@@ -210,11 +221,23 @@ def test_matches_an_uninterrupted_single_process_run(runs, tmp_path):
     cfg = train.load_config(CONFIG, COMMON + [f"--config.train.steps={TOTAL_STEPS}", "--config.checkpoint.every=100",
                                               "--config.checkpoint.async_save=False"])
     train.run(cfg, str(tmp_path))
-    expected = [r["loss"] for r in read_metrics(str(tmp_path))]
-    got = [r["loss"] for r in read_metrics(str(runs["workdir"]))]
+    expected = [r["loss"] for r in training_rows(str(tmp_path))]
+    got = [r["loss"] for r in training_rows(str(runs["workdir"]))]
     np.testing.assert_allclose(got, expected, rtol=1e-5)  # measured: ~3e-7
     params, _, meta = checkpoint.restore_params(str(runs["workdir"]))  # written by 2 processes, read by 1
     reference, _, _ = checkpoint.restore_params(str(tmp_path))
     assert meta["step"] == TOTAL_STEPS
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), params, reference)
     assert max(jax.tree.leaves(diffs)) < 1e-4, diffs
+
+
+def test_export_gathered_across_processes_matches_the_checkpoint(runs):
+    """The second invocation exported at its end: every process gathered the sharded params, process 0 wrote.
+    Read back in one process, the HF weights equal the final checkpoint's params."""
+    _ok(runs["second"])
+    export_dir = os.path.join(str(runs["workdir"]), "export")
+    assert all(f"exported HF / sentence-transformers model to {export_dir}" in p.stdout for p in runs["second"])
+    params, model_config, _ = checkpoint.restore_params(str(runs["workdir"]))
+    exported = load_params(export_dir, model_config)
+    assert jax.tree.structure(exported) == jax.tree.structure(params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), exported, params)
