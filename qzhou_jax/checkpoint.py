@@ -11,6 +11,8 @@ still unreadable (disk corruption, a partial copy) is reported, moved aside and 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import logging
 import os
 import time
@@ -52,30 +54,72 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter) -> tuple[Any, int, dict] | None:
-    """(state, step, meta) from the newest readable checkpoint, or None. Unreadable ones are moved aside."""
+    """(state, step, meta) from the newest readable checkpoint, or None when there is none.
+
+    A checkpoint that cannot be read is reported and the previous one tried; once one restores, the unreadable
+    newer ones are moved aside (their step numbers will be written again). If checkpoints exist but none can be
+    read, nothing is moved and the error is raised: a run never silently starts over.
+    A checkpoint saved by another number of processes has no iterator file for this one; every host's iterator
+    state is the same global position of the step mixture, so it is used as it is (a run may change host count).
+    """
+    failed: list[tuple[int, Exception]] = []
     for step in sorted(manager.all_steps(), reverse=True):
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        own_iter = _iter_file(manager, step, jax.process_index(), jax.process_count())
+        if os.path.exists(own_iter):
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-                meta=ocp.args.JsonRestore()))
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            if "data_iter" not in items:
+                data_iter.set_state(_iter_state_from_other_topology(manager, step))
         except Exception as e:  # noqa: BLE001 - any failure to read means: not a usable checkpoint
-            _set_aside(manager, step, e)
+            _warn(f"checkpoint step {step} in {manager.directory} is unreadable ({type(e).__name__}: "
+                  f"{str(e)[:300]}); trying the previous one")
+            failed.append((step, e))
             continue
+        for bad_step, error in failed:
+            _set_aside(manager, bad_step)
         log.info("resumed from checkpoint step %d", step)
         return restored["state"], step, restored["meta"]
+    if failed:
+        raise RuntimeError(f"{manager.directory}: none of the checkpoints {[s for s, _ in failed]} can be restored; "
+                           f"newest error: {failed[0][1]!r}. Fix or remove them (a changed model or optimizer "
+                           f"config also makes them unreadable); nothing was moved.")
     return None
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
-    directory = os.path.join(str(manager.directory), str(step))
-    aside = f"{directory}.corrupt-{int(time.time())}"
-    message = (f"checkpoint step {step} in {manager.directory} is unreadable "
-               f"({type(error).__name__}: {str(error)[:300]}); moved to {aside}, trying the previous one")
+def _iter_file(manager, step, index, count) -> str:
+    return os.path.join(str(manager.directory), str(step), "data_iter", f"process_{index}-of-{count}.json")
+
+
+def _iter_state_from_other_topology(manager: ocp.CheckpointManager, step: int) -> dict:
+    folder = os.path.join(str(manager.directory), str(step), "data_iter")
+    files = sorted(glob.glob(os.path.join(folder, "process_*-of-*.json")))
+    states = set()
+    for path in files:
+        with open(path) as f:
+            states.add(f.read())
+    if len(states) != 1:
+        raise ValueError(f"{folder}: {len(states)} distinct iterator states in {len(files)} host files; resume with "
+                         f"the number of processes it was saved with")
+    log.info("checkpoint step %d was saved by %d processes; its iterator position carries over", step, len(files))
+    return json.loads(states.pop())
+
+
+def _warn(message: str) -> None:
     log.warning(message)
     print(f"WARNING: {message}", flush=True)
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    if jax.process_count() > 1:  # every host has finished reading before process 0 renames
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"set_aside_{step}")
+    directory = os.path.join(str(manager.directory), str(step))
+    aside = f"{directory}.corrupt-{int(time.time())}"
     if jax.process_index() == 0 and os.path.isdir(directory):
         os.rename(directory, aside)
+        _warn(f"moved unreadable checkpoint step {step} to {aside}")
     manager.reload()
 
 

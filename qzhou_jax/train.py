@@ -60,7 +60,7 @@ def peak_flops(cfg) -> float | None:
     return None
 
 
-def init_params(cfg, model_config: ModelConfig, shardings, mesh):
+def init_params(cfg, model_config: ModelConfig, shardings=None):
     """Initial params: a stage-1 workdir or an HF dir (`init_from`), else the HF base model, else random."""
     source = cfg.get("init_from") or ""
     if source and checkpoint.is_workdir(source):
@@ -72,7 +72,6 @@ def init_params(cfg, model_config: ModelConfig, shardings, mesh):
         from qzhou_jax.hf.load import load_params
         log.info("loading HF weights from %s", hf_dir)
         return load_params(hf_dir, model_config, shardings)
-    # No mesh context here: flax's init-time constraints would meet DenseGeneral's pre-reshape kernels.
     init = jax.jit(lambda rng: qmodel.init_params(model_config, rng), out_shardings=shardings)
     return init(jax.random.key(cfg.train.seed))
 
@@ -178,7 +177,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         state, start_step, _ = restored
         print(f"resuming from checkpoint step {start_step} in {workdir}", flush=True)
     else:
-        params = init_params(cfg, model_config, param_shardings, mesh)
+        params = init_params(cfg, model_config, param_shardings)
         state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),

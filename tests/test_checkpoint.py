@@ -12,7 +12,7 @@ from qzhou_jax.metrics_writer import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=5", "--config.checkpoint.keep=3",
-          "--config.export.at_end=False", "--config.plot=False"]
+          "--config.export.at_end=False", "--config.plot=False", "--config.eval.tasks=()"]
 
 
 def _cli(workdir, *extra):
@@ -69,9 +69,58 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
     summary = train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=12"]),
                         str(tmp_path))
     out = capsys.readouterr().out
-    assert "checkpoint step 10" in out and "unreadable" in out
+    assert "checkpoint step 10" in out and "unreadable" in out and "moved unreadable checkpoint step 10" in out
     assert "resuming from checkpoint step 5" in out
     assert summary["step"] == 12
     assert any(d.startswith("10.corrupt") for d in os.listdir(checkpoint.checkpoint_dir(str(tmp_path))))
     # Steps 6..12 were trained again from step 5 and logged once each.
     assert sorted(_losses(tmp_path)) == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1", f"--workdir={tmp_path}",
+           *COMMON, "--config.train.steps=100000", "--config.checkpoint.every=100000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 600
+    for line in proc.stdout:  # wait until training runs, then preempt
+        lines.append(line)
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(lines[-20:])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved checkpoint at step" in out
+    saved = checkpoint_steps(tmp_path)
+    assert saved and max(saved) >= 2
+
+
+def test_unreadable_checkpoints_are_never_discarded_silently(tmp_path):
+    overrides = COMMON + ["--config.checkpoint.async_save=False"]
+    train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=5"]), str(tmp_path))
+    # A host-count change: the step-5 iterator state saved by 1 process, as 2 processes would have saved it.
+    data_iter = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "5", "data_iter")
+    state = open(os.path.join(data_iter, "process_0-of-1.json")).read()
+    os.remove(os.path.join(data_iter, "process_0-of-1.json"))
+    for i in range(2):
+        with open(os.path.join(data_iter, f"process_{i}-of-2.json"), "w") as f:
+            f.write(state)
+    summary = train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=6"]),
+                        str(tmp_path))
+    assert summary["step"] == 6 and sorted(_losses(tmp_path)) == list(range(1, 7))
+    # Now make every checkpoint unreadable: the run refuses to start over and moves nothing.
+    for step in checkpoint_steps(tmp_path):
+        meta = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), str(step), "state")
+        for root, _, files in os.walk(meta):
+            for name in files:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(0)
+    before = sorted(os.listdir(checkpoint.checkpoint_dir(str(tmp_path))))
+    with pytest.raises(RuntimeError, match="none of the checkpoints"):
+        train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=8"]), str(tmp_path))
+    assert sorted(os.listdir(checkpoint.checkpoint_dir(str(tmp_path)))) == before
