@@ -38,13 +38,18 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/train_step.py` puts benchmarks/, not the repo, on the path
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
-from benchmarks.encode import (QWEN25_VOCAB, _in_fresh_process, _peak_rss_mb, _rss_mb,  # noqa: E402
-                               make_checkpoint, synthetic_texts)
+from benchmarks.common import (add_model_args, add_runtime_args, describe_model, in_fresh_process,  # noqa: E402
+                               make_checkpoint_for, model_summary, peak_rss_mb, rss_mb, side_by_side_table,
+                               synthetic_texts)
 
 TASK = "retrieval"
 TAU = 0.02
+TABLE = [("step s (median)", "step_s", "{:.3f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
+         ("examples/s", "examples_per_s", "{:.2f}"), ("model GFLOP/s", "model_flops_per_s", "{:.2f}"),
+         ("MFU vs matmul peak", "mfu", "{:.3f}"), ("warm-up step s", "warmup_s", "{:.2f}"),
+         ("checkpoint load s", "load_s", "{:.2f}"), ("RSS after load MB", "rss_loaded_mb", "{:.0f}"),
+         ("peak RSS MB (process)", "peak_rss_mb", "{:.0f}")]
 
 
 # ------------------------------------------------------------------------------------------------------ batch
@@ -148,7 +153,7 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, p_sh))
     device_batch = jax.device_put(batch, b_sh)
     jax.block_until_ready((state, device_batch))
-    load, rss_loaded = time.perf_counter() - start, _rss_mb()
+    load, rss_loaded = time.perf_counter() - start, rss_mb()
 
     step = make_step_fn(TASK, config=config, loss_config=losses.LossConfig(tau=TAU), tx=tx, schedule=schedule,
                         gradcache_chunks=0, state_shardings=st_sh, batch_shardings=b_sh,
@@ -171,7 +176,7 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     tokens_cand = float((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
     shapes = {k: v.shape for k, v in batch.items()}
     return dict(load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
-                losses=step_losses, grad_norms=grad_norms, peak_rss_mb=_peak_rss_mb(),
+                losses=step_losses, grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(),
                 model_flops=batch_flops(config, shapes, tokens_anchor, tokens_cand),
                 device=str(jax.devices()[0].platform), tokens=int(metrics["tokens"]))
 
@@ -220,7 +225,7 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(opt.b1, opt.b2), eps=opt.eps)
     t = {k: torch.as_tensor(np.asarray(v)) for k, v in batch.items()}
     b, n_cand, lc = t["cand_ids"].shape
-    load, rss_loaded = time.perf_counter() - start, _rss_mb()
+    load, rss_loaded = time.perf_counter() - start, rss_mb()
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext())
 
     def embed(ids, mask):
@@ -251,7 +256,7 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
         step_losses.append(loss)
         grad_norms.append(grad_norm)
     return dict(load_s=load, rss_loaded_mb=rss_loaded, warmup_s=step_s[0], step_s=step_s[1:], losses=step_losses,
-                grad_norms=grad_norms, peak_rss_mb=_peak_rss_mb(), threads=threads)
+                grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(), threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -264,37 +269,17 @@ def summarise(side: dict, examples: int, real_tokens: int, model_flops: float, p
             "grad_norms": side["grad_norms"]}
 
 
-def format_table(jax_row: dict, torch_row: dict) -> str:
-    rows = [("step s (median)", "step_s", "{:.3f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
-            ("examples/s", "examples_per_s", "{:.2f}"), ("model GFLOP/s", "model_flops_per_s", "{:.2f}"),
-            ("MFU vs matmul peak", "mfu", "{:.3f}"), ("warm-up step s", "warmup_s", "{:.2f}"),
-            ("checkpoint load s", "load_s", "{:.2f}"), ("RSS after load MB", "rss_loaded_mb", "{:.0f}"),
-            ("peak RSS MB (process)", "peak_rss_mb", "{:.0f}")]
-    lines = [f"{'':24s}{'JAX':>12s}{'PyTorch':>12s}{'JAX/PyTorch':>14s}"]
-    for label, key, fmt in rows:
-        a, b = jax_row[key], torch_row[key]
-        scale = 1e-9 if key == "model_flops_per_s" else 1.0
-        lines.append(f"{label:24s}{fmt.format(a * scale):>12s}{fmt.format(b * scale):>12s}{a / b:>14.2f}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--intermediate", type=int, default=2048)
+    add_model_args(parser)
+    add_runtime_args(parser, dtype_help="compute dtype; weights and optimizer state stay float32 on both sides")
     parser.add_argument("--batch", type=int, default=8, help="queries per step (B)")
     parser.add_argument("--negatives", type=int, default=1, help="hard negatives per query (N)")
     parser.add_argument("--query-len", type=int, default=64)
     parser.add_argument("--passage-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side (median reported)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype; weights and optimizer state stay float32 on both sides")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
     args = parser.parse_args(argv)
@@ -306,13 +291,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     samples, source = retrieval_texts(args.batch, args.negatives)
     batch = make_batch(samples, args.query_len, args.passage_len)
-    peak = _in_fresh_process(matmul_flops, args.matmul_size, args.matmul_repeats)
+    peak = in_fresh_process(matmul_flops, args.matmul_size, args.matmul_repeats)
     with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as model_dir:
-        n_params = _in_fresh_process(make_checkpoint, model_dir, args.hidden, args.layers, args.heads,
-                                     args.kv_heads, args.intermediate)
+        n_params = make_checkpoint_for(args, model_dir)
         common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
-        torch_side = _in_fresh_process(run_torch, *common, args.threads)
-        jax_side = _in_fresh_process(run_jax, *common)
+        torch_side = in_fresh_process(run_torch, *common, args.threads)
+        jax_side = in_fresh_process(run_jax, *common)
 
     tokens_anchor = int(batch["anchor_mask"].sum())
     tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
@@ -328,9 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cores = len(os.sched_getaffinity(0))
     load_after = os.getloadavg()[0]
 
-    print(f"random Qwen2: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, "
-          f"{args.heads}/{args.kv_heads} heads, ffn {args.intermediate}, vocab {QWEN25_VOCAB}), {args.dtype} compute, "
-          f"fp32 weights and AdamW state (lr {args.lr:g}, weight decay {args.weight_decay:g}, clip {clip:g})")
+    print(f"{describe_model(args, n_params)}, {args.dtype} compute, fp32 weights and AdamW state "
+          f"(lr {args.lr:g}, weight decay {args.weight_decay:g}, clip {clip:g})")
     print(f"retrieval batch from {source}: {args.batch} queries x (1 + {args.negatives}) passages, lengths "
           f"{args.query_len}/{args.passage_len}; {real_tokens} real tokens ({tokens_anchor} query + {tokens_cand} "
           f"passage) of {padded_tokens} padded; model FLOPs/step {flops / 1e9:.4g} G")
@@ -339,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{load_before:.1f} before, {load_after:.1f} after")
     print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device); PyTorch {torch_side['threads']} threads, SDPA; "
           f"median of {args.steps} timed steps after one warm-up step")
-    print(format_table(jax_row, torch_row))
+    print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9}))
     print(f"JAX compile (ahead of time, excluded from the warm-up step): {jax_side['compile_s']:.2f} s")
     print(f"losses    JAX {' '.join(f'{x:.6f}' for x in jax_side['losses'])}")
     print(f"          PyTorch {' '.join(f'{x:.6f}' for x in torch_side['losses'])}  (max |diff| {loss_diff:.2e})")
@@ -347,9 +330,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"          PyTorch {' '.join(f'{x:.5f}' for x in torch_side['grad_norms'])}  (max rel diff {norm_rel:.2e})")
 
     summary = {
-        "model": {"params": n_params, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
-                  "kv_heads": args.kv_heads, "intermediate": args.intermediate, "vocab": QWEN25_VOCAB,
-                  "dtype": args.dtype},
+        "model": model_summary(args, n_params),
         "data": {"source": source, "batch": args.batch, "negatives": args.negatives, "query_len": args.query_len,
                  "passage_len": args.passage_len, "real_tokens": real_tokens, "query_tokens": tokens_anchor,
                  "passage_tokens": tokens_cand, "padded_tokens": padded_tokens},

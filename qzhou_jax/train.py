@@ -21,7 +21,7 @@ import numpy as np
 
 from qzhou_jax import checkpoint, losses, optim, sharding
 from qzhou_jax import model as qmodel
-from qzhou_jax.data import pipeline as data_pipeline
+from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.tokenizer import load_tokenizer
@@ -79,26 +79,6 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
 def batch_shardings(mesh) -> dict:
     ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2)
     return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
-
-
-def to_global(host_batch: dict, shardings: dict) -> dict:
-    """Per-host numpy batch -> global jax.Arrays. Hosts first agree on padded lengths (buckets may differ)."""
-    batch = {k: np.asarray(host_batch[k]) for k in BATCH_KEYS}
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        lengths = np.array([batch["anchor_ids"].shape[-1], batch["cand_ids"].shape[-1]])
-        la, lc = multihost_utils.process_allgather(lengths).max(0)
-        batch = _pad_to(batch, int(la), int(lc))
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
-def _pad_to(batch, la, lc):
-    def pad(x, length):
-        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
-    out = dict(batch)
-    out["anchor_ids"], out["anchor_mask"] = pad(batch["anchor_ids"], la), pad(batch["anchor_mask"], la)
-    out["cand_ids"], out["cand_mask"] = pad(batch["cand_ids"], lc), pad(batch["cand_mask"], lc)
-    return out
 
 
 class _Preemption:
@@ -207,7 +187,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         host_batch = next(data_iter)
         dataset_id = int(host_batch["dataset_id"][0])
         task = info.tasks[dataset_id]
-        batch = to_global(host_batch, b_shardings)
+        batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
         state, metrics = steps[task](state, batch)
         step += 1
         window.append((task, dataset_id, metrics, batch["anchor_ids"].shape, batch["cand_ids"].shape))

@@ -5,7 +5,7 @@
 
 Each process gets `local_devices` fake CPU devices and joins the others through jax.distributed (coordinator on
 127.0.0.1:PORT, Gloo for cross-process CPU collectives), then runs `qzhou_jax.train.run` on the shared workdir.
-To let the test check what every host fed into each global step, the worker wraps `train.to_global` and prints
+To let the test check what every host fed into each global step, the worker wraps `global_batch.to_global` and prints
 one `HOST_BATCH {json}` line per step: the host batch's dataset ids, a fingerprint of its arrays and the shapes
 of the host and global batches. A final `SUMMARY {json}` line gives the run summary and the process topology.
 """
@@ -60,8 +60,9 @@ def main(argv=None) -> None:
                                process_id=args.process_id, initialization_timeout=args.init_timeout)
 
     from qzhou_jax import train
+    from qzhou_jax.data import global_batch
 
-    original_to_global = train.to_global
+    original_to_global = global_batch.to_global
 
     def recording_to_global(host_batch, shardings):
         batch = original_to_global(host_batch, shardings)
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
         print("HOST_BATCH " + json.dumps(record), flush=True)
         return batch
 
-    train.to_global = recording_to_global
+    global_batch.to_global = recording_to_global
     cfg = train.load_config(args.config, overrides)
     summary = train.run(cfg, args.workdir)
     topology = dict(process_index=jax.process_index(), process_count=jax.process_count(),

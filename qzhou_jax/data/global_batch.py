@@ -1,7 +1,8 @@
 """Host batch (numpy) -> global `jax.Array`s: the only data module that imports JAX.
 
 Every host passes its own per-host batch; `jax.make_array_from_process_local_data` stitches them along the
-batch axis into arrays whose leading dimension is process_count * per-host batch.
+batch axis into arrays whose leading dimension is process_count * per-host batch. Hosts pad to length buckets
+independently, so with several processes they first agree on the longest anchor and candidate lengths.
 """
 from __future__ import annotations
 
@@ -10,10 +11,37 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+# (ids, mask) pairs padded on their last axis.
+_PADDED = (("anchor_ids", "anchor_mask"), ("cand_ids", "cand_mask"))
+
+
+def agree_on_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Right-pads every host's token arrays to the longest length any host has (one small all-gather)."""
+    batch = dict(batch)
+    pairs = [p for p in _PADDED if p[0] in batch]
+    if jax.process_count() == 1 or not pairs:
+        return batch
+    from jax.experimental import multihost_utils
+
+    lengths = np.array([batch[ids].shape[-1] for ids, _ in pairs])
+    longest = multihost_utils.process_allgather(lengths).max(0)
+    for (ids, mask), length in zip(pairs, longest):
+        for key in (ids, mask):
+            x = batch[key]
+            batch[key] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, int(length) - x.shape[-1])])
+    return batch
+
 
 def to_global(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     """`sharding`: one `jax.sharding.Sharding` for every array (e.g. NamedSharding(mesh, P("data"))), or a
-    mapping key -> sharding. Non-array entries (text batches) are refused rather than silently dropped."""
+    mapping key -> sharding, in which case only its keys are converted. Non-array entries (text batches) are
+    refused rather than silently dropped."""
+    if isinstance(sharding, Mapping):
+        missing = sorted(set(sharding) - set(batch))
+        if missing:
+            raise KeyError(f"batch lacks {missing}")
+        batch = {k: batch[k] for k in sharding}
+    batch = agree_on_lengths(batch)
     out = {}
     for key, value in batch.items():
         if not isinstance(value, np.ndarray):

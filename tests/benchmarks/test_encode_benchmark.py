@@ -5,21 +5,37 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks import common
 from benchmarks import encode as bench
+from qzhou_jax.data.shared_data import DATA_DIR_ENV
 
 TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
        "--texts", "10", "--batch-size", "4", "--max-length", "32", "--repeats", "1", "--threads", "1"]
 
 
+def write_stsb(root, rows):
+    """rows: (split, sentence1, sentence2) in the STS-B file layout."""
+    (root / "stsb_en_original").mkdir()
+    lines = ["split\tgenre\tdataset\tyear\tsid\tscore\tsentence1\tsentence2"]
+    lines += [f"{split}\tg\td\ty\t{i}\t1.0\t{a}\t{b}" for i, (split, a, b) in enumerate(rows)]
+    with gzip.open(root / "stsb_en_original" / "stsbenchmark.tsv.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_scifact(root, docs):
+    """A BEIR folder with `docs` [(title, text)] as d0, d1, ..; one query, relevant to d0."""
+    folder = root / "scifact"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": title, "text": text}) + "\n"
+                                                 for i, (title, text) in enumerate(docs)))
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "a claim"}) + "\n")
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+
+
 def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, capsys):
-    data = tmp_path / "stsb_en_original"
-    data.mkdir()
-    rows = ["split\tgenre\tdataset\tyear\tsid\tscore\tsentence1\tsentence2"]
-    rows += [f"train\tg\td\ty\t{i}\t1.0\tA man is playing flute number {i}.\tSomeone plays {'a long tune ' * i}."
-             for i in range(6)]
-    with gzip.open(data / "stsbenchmark.tsv.gz", "wt") as f:
-        f.write("\n".join(rows) + "\n")
-    monkeypatch.setenv(bench.DATA_DIR_ENV, str(tmp_path))
+    write_stsb(tmp_path, [("train", f"A man is playing flute number {i}.", f"Someone plays {'a long tune ' * i}.")
+                          for i in range(6)])
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
 
     summary = bench.main(TOY)
 
@@ -40,25 +56,26 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
 
 
 def test_load_texts_reads_sources_and_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setenv(bench.DATA_DIR_ENV, str(tmp_path))
-    texts, source = bench.load_texts(5, "stsb")  # nothing there: synthetic, deterministic
-    assert source == "synthetic" and texts == bench.synthetic_texts(5) and len(set(texts)) == 5
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    for source in ("stsb", "scifact", "synthetic"):  # nothing there: synthetic, deterministic
+        texts, description = bench.load_texts(5, source)
+        assert description == "synthetic" and texts == common.synthetic_texts(5) and len(set(texts)) == 5
 
-    (tmp_path / "scifact").mkdir()
-    corpus = tmp_path / "scifact" / "corpus.jsonl"
-    corpus.write_text(json.dumps({"_id": "1", "title": "T", "text": "body"}) + "\n\n"
-                      + json.dumps({"_id": "2", "title": "", "text": "other"}) + "\n")
-    texts, source = bench.load_texts(5, "scifact")
-    assert source.startswith("scifact") and texts == ["T body", "other", "T body", "other", "T body"]
+    # STS-B: both sentences of each train row, in file order, without repeats; other splits left out.
+    write_stsb(tmp_path, [("train", "One.", "Two."), ("test", "Unseen.", "Hidden."), ("train", "Two.", "Three.")])
+    texts, description = bench.load_texts(5, "stsb")
+    assert description.startswith("stsb") and texts == ["One.", "Two.", "Three.", "One.", "Two."]
 
-    corpus.write_text(json.dumps({"_id": "1", "title": "T", "text": "ok"}) + "\n" + json.dumps({"_id": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"corpus\.jsonl:2: field 'text'"):
+    # SciFact: the corpus documents as "title text", cycled.
+    write_scifact(tmp_path, [("T", "body"), ("", "other"), ("T", "body")])
+    texts, description = bench.load_texts(5, "scifact")
+    assert description.startswith("scifact") and texts == ["T body", "other", "T body", "other", "T body"]
+
+    # A broken file is an error naming it, never a silent fallback to synthetic text.
+    with open(tmp_path / "scifact" / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "d9"}) + "\n")
+    with pytest.raises(ValueError, match=r"corpus\.jsonl:4"):
         bench.load_texts(2, "scifact")
-    (tmp_path / "stsb_en_original").mkdir()
-    with gzip.open(tmp_path / "stsb_en_original" / "stsbenchmark.tsv.gz", "wt") as f:
-        f.write("header\ntrain\tonly\tfour\tfields\n")
-    with pytest.raises(ValueError, match=r"stsbenchmark\.tsv\.gz:2: expected 8"):
-        bench.load_texts(2, "stsb")
     with pytest.raises(ValueError, match="source must be one of"):
         bench.load_texts(2, "nope")
 

@@ -1,0 +1,111 @@
+"""What both benchmarks share: the random checkpoint, fresh-process isolation, RSS readings, the model-size flags,
+synthetic text and the side-by-side JAX/PyTorch table."""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import gc
+import multiprocessing
+import os
+import random
+import resource
+from typing import Callable, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub (inherited by the spawned children)
+
+QWEN25_VOCAB = 151665  # 151643 BPE tokens + 22 control tokens: every id the built-in tokenizer emits
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Size of the random Qwen2 checkpoint: --hidden --layers --heads --kv-heads --intermediate."""
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=2048)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, dtype_help: str | None = None) -> None:
+    """--dtype (compute dtype of both sides) and --threads (torch threads, default: every visible core)."""
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=dtype_help)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+
+
+def model_summary(args: argparse.Namespace, n_params: int) -> dict:
+    """The "model" block of a benchmark's JSON line."""
+    return {"params": n_params, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
+            "kv_heads": args.kv_heads, "intermediate": args.intermediate, "vocab": QWEN25_VOCAB, "dtype": args.dtype}
+
+
+def describe_model(args: argparse.Namespace, n_params: int) -> str:
+    return (f"random Qwen2: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, "
+            f"{args.heads}/{args.kv_heads} heads, ffn {args.intermediate}, vocab {QWEN25_VOCAB})")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+def make_checkpoint(directory: str, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
+                    seed: int = 0) -> int:
+    """Writes a random transformers Qwen2Model (fp32) with save_pretrained; returns its parameter count."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=QWEN25_VOCAB, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
+    model = transformers.Qwen2Model(config).eval()
+    with torch.no_grad():  # non-trivial biases and norm scales, so the agreement checks cover them too
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_checkpoint_for(args: argparse.Namespace, directory: str) -> int:
+    """make_checkpoint at the size add_model_args parsed, in a fresh process (torch stays out of the parent)."""
+    return in_fresh_process(make_checkpoint, directory, args.hidden, args.layers, args.heads, args.kv_heads,
+                            args.intermediate)
+
+
+# ------------------------------------------------------------------------------------------ child processes
+def in_fresh_process(fn: Callable, *args):
+    """Runs fn(*args) in a new spawned interpreter and returns its result."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def rss_mb() -> float:
+    """Current resident set (Linux), after a collection so that freed load-time buffers do not count."""
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --------------------------------------------------------------------------------------------------- texts
+def synthetic_texts(n: int, seed: int = 0) -> list[str]:
+    """Deterministic word salad of 4..60 words, so that batches fall into several buckets."""
+    words = ("the model encodes every sentence into one vector while contrastive training pulls related texts "
+             "together and pushes unrelated ones apart across many tasks languages and domains").split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 60))).capitalize() + "." for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------- report
+def side_by_side_table(rows: Sequence[tuple[str, str, str]], jax_row: dict, torch_row: dict,
+                       scale: dict[str, float] | None = None) -> str:
+    """One line per (label, key, format): JAX, PyTorch, JAX/PyTorch; `scale[key]` multiplies the shown values
+    (not the ratio), e.g. 1e-9 to show FLOP/s as GFLOP/s."""
+    scale = scale or {}
+    lines = [f"{'':24s}{'JAX':>12s}{'PyTorch':>12s}{'JAX/PyTorch':>14s}"]
+    for label, key, fmt in rows:
+        a, b, s = jax_row[key], torch_row[key], scale.get(key, 1.0)
+        lines.append(f"{label:24s}{fmt.format(a * s):>12s}{fmt.format(b * s):>12s}{a / b:>14.2f}")
+    return "\n".join(lines)
