@@ -44,7 +44,8 @@ def base():
     c.checkpoint = ml_collections.ConfigDict(dict(
         every=500, keep=3, keep_best=False, best_metric="", async_save=True,
     ))
-    c.eval = ml_collections.ConfigDict(dict(every=1000, tasks=(), split="test", max_examples=0, batch_size=64,
+    # split "dev" where a task has one (its own split otherwise): the best checkpoint is not picked on test data.
+    c.eval = ml_collections.ConfigDict(dict(every=1000, tasks=(), split="dev", max_examples=0, batch_size=64,
                                             max_length=512))
     c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="bfloat16"))
     c.plot = True
