@@ -155,12 +155,11 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             metadata = manager.item_metadata(candidate)["state"]
             tree = metadata.tree if hasattr(metadata, "tree") else metadata
             params_meta = tree["params"] if isinstance(tree, dict) else tree.params
-            default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            target = jax.tree.map(
-                lambda m, s=None: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s or default), params_meta)
-            if shardings is not None:
-                target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                                      params_meta, shardings)
+            if shardings is None:
+                default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                shardings = jax.tree.map(lambda _: default, params_meta)
+            target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                                  params_meta, shardings)
             restored = manager.restore(candidate, args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(item={"params": target}, restore_args=jax.tree.map(
                     lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), {"params": target}),

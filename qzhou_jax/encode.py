@@ -18,7 +18,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qzhou_jax import model as qmodel

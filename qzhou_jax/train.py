@@ -249,10 +249,8 @@ def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[s
     scalars.update(examples_per_s=examples / seconds, tokens_per_s=tokens / seconds)
     flops = 0.0
     for (_, _, _, a_shape, c_shape), m in zip(window, fetched):
-        b = a_shape[0]
-        share = float(m["tokens"]) / max(b * (a_shape[1] + c_shape[1] * c_shape[2]), 1)  # real-token fraction
         flops += batch_flops(model_config, {"anchor_ids": a_shape, "cand_ids": c_shape},
-                             share * b * a_shape[1], share * b * c_shape[1] * c_shape[2])
+                             float(m["anchor_tokens"]), float(m["cand_tokens"]))
     scalars["tflops_per_s_per_device"] = flops / seconds / num_devices / 1e12
     if peak:
         scalars["mfu"] = flops / seconds / num_devices / peak

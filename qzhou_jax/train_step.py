@@ -116,9 +116,10 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
 
 
 # ------------------------------------------------------------------------------------------------ the step
-def count_tokens(batch: Batch) -> jax.Array:
+def count_tokens(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Real (non-pad) tokens of the anchors and of the valid candidates."""
     cand = batch["cand_mask"].sum(-1) * batch["cand_valid"]
-    return batch["anchor_mask"].sum() + cand.sum()
+    return batch["anchor_mask"].sum(), cand.sum()
 
 
 def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfig,
@@ -132,11 +133,13 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     consecutive, total = optim.nonfinite_counts(opt_state)
+    anchor_tokens, cand_tokens = count_tokens(batch)
     metrics = dict(metrics)
     metrics.update(
         loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
         nonfinite_consecutive=consecutive, nonfinite_total=total,
-        tokens=count_tokens(batch), examples=jnp.asarray(batch["anchor_ids"].shape[0]))
+        tokens=anchor_tokens + cand_tokens, anchor_tokens=anchor_tokens, cand_tokens=cand_tokens,
+        examples=jnp.asarray(batch["anchor_ids"].shape[0]))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,5 +1,4 @@
 """The trainer end to end on the demo config: learning, config overrides, non-finite stop, stage hand-off."""
-import json
 import os
 
 import numpy as np

@@ -6,7 +6,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from qzhou_jax import losses, sharding

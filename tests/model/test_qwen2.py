@@ -1,5 +1,4 @@
 """Parity of the Flax Qwen2 encoder with transformers' PyTorch Qwen2Model on the same weights."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
