@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 import threading
@@ -50,11 +51,9 @@ def mutate(text: str, rng: random.Random, share: float = 0.45) -> str:
     """Replaces `share` of the tokens by new ones of the same script; keeps the token count."""
     toks = checks.tokens(text)
     zh = checks.language(text) == "zh"
-    out = []
-    for t in toks:
-        if rng.random() < share:
-            t = chr(0x4E00 + rng.randrange(0x5000)) if zh else f"w{rng.randrange(10**6)}"
-        out.append(t)
+    replaced = set(rng.sample(range(len(toks)), math.ceil(share * len(toks))))  # exactly: checks pass surely
+    out = [(chr(0x4E00 + rng.randrange(0x5000)) if zh else f"w{rng.randrange(10**6)}") if i in replaced else t
+           for i, t in enumerate(toks)]
     return ("" if zh else " ").join(out)
 
 
@@ -101,7 +100,7 @@ class ScriptedServer:
                 with server._lock:
                     number = len(server.requests)
                     server.requests.append(body)
-                    server.headers.append(dict(self.headers))
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
