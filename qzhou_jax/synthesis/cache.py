@@ -10,6 +10,7 @@ reports it; a malformed line anywhere else is an error naming file and line.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -34,6 +35,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
         self._file = open(self.path, "ab")
+        self._written = self._synced = 0  # records appended / known durable, this session
+        self._sync: asyncio.Future | None = None
 
     def _load(self) -> None:
         if not self.path.exists():
@@ -69,13 +72,38 @@ class Journal:
     def get(self, key: str) -> Completion | None:
         return self.entries.get(key)
 
-    def put(self, key: str, item: int, attempt: int, completion: Completion) -> None:
+    def _write(self, key: str, item: int, attempt: int, completion: Completion) -> int:
         record = {"key": key, "item": item, "attempt": attempt, "text": completion.text,
                   "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
         self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
         self._file.flush()
+        self._written += 1
+        return self._written
+
+    def put(self, key: str, item: int, attempt: int, completion: Completion) -> None:
+        """Appends and fsyncs one record (synchronous callers)."""
+        self._synced = self._write(key, item, attempt, completion)
         os.fsync(self._file.fileno())
         self.entries[key] = completion
+
+    async def append(self, key: str, item: int, attempt: int, completion: Completion) -> None:
+        """Appends one record and returns once it is on disk. Group commit: one fsync, run in a thread so the event
+        loop keeps serving, covers every record written before it started (an fsync per answer caps a run at
+        1 / fsync-latency answers per second, ~200/s on a 5 ms disk)."""
+        seq = self._write(key, item, attempt, completion)
+        while self._synced < seq:
+            if self._sync is None:
+                self._sync = asyncio.ensure_future(self._fsync())
+            await asyncio.shield(self._sync)
+        self.entries[key] = completion
+
+    async def _fsync(self) -> None:
+        target = self._written
+        try:
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+            self._synced = max(self._synced, target)
+        finally:
+            self._sync = None
 
     def close(self) -> None:
         self._file.close()

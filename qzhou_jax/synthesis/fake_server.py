@@ -136,8 +136,11 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # the default listen backlog (5) refuses connections at high concurrency
+            daemon_threads = True
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
@@ -151,3 +154,19 @@ class ScriptedServer:
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def main(argv=None) -> None:
+    """Serves the default fake model until killed: python -m qzhou_jax.synthesis.fake_server --latency 0.2."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.synthesis.fake_server", description=main.__doc__)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    args = parser.parse_args(argv)
+    with ScriptedServer(latency=args.latency) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

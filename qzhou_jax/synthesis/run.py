@@ -125,7 +125,7 @@ async def _process(item, gen, cfg, client, journal, counters) -> generators.Outc
         completion = journal.get(key)
         if completion is None:
             completion = await client.complete(messages, rf, seed)
-            journal.put(key, item.index, attempt, completion)  # durable before it is used
+            await journal.append(key, item.index, attempt, completion)  # durable before it is used
             counters.prompt_tokens += completion.prompt_tokens
             counters.completion_tokens += completion.completion_tokens
         else:
