@@ -1,10 +1,11 @@
-"""Data synthesis with an LLM API (RECIPE.md section 4): paraphrase, augment, hard negatives; merge; decontaminate.
+"""Data synthesis with an LLM API (RECIPE.md section 4): paraphrase, augment, hard negatives; merge; decontaminate; seed.
 
     python -m qzhou_jax.synthesize paraphrase --input IN.jsonl --output OUT.jsonl --n 3 \
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct [--concurrency 64] [--shard 0/4]
     python -m qzhou_jax.synthesize hard_negatives --input OUT.jsonl --output OUT_HN.jsonl --n 3 ...
     python -m qzhou_jax.synthesize merge --output ALL.jsonl OUT.shard0.jsonl OUT.shard1.jsonl ...
     python -m qzhou_jax.synthesize decontaminate --input TRAIN.jsonl --output CLEAN.jsonl
+    python -m qzhou_jax.synthesize seed --config configs/synthetic_example.py --dataset trecqa --output SEED.jsonl
 
 Input and output are FlagEmbedding JSONL rows ({"query", "pos": [...], "neg": [...], "prompt"}); outputs add
 provenance (source_id, source_index, generator, model, attempt). Every answer is journaled in OUTPUT.journal.jsonl
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", required=True)
     m.add_argument("--summary", default=None)
     m.add_argument("shards", nargs="+", help="shard output files, any order")
+    s = sub.add_parser("seed", help="write one retrieval dataset of a training config as generator input")
+    s.add_argument("--config", required=True, help="training config file (path[:arg])")
+    s.add_argument("--dataset", required=True, help="dataset name in config.data.datasets")
+    s.add_argument("--output", required=True)
     d = sub.add_parser("decontaminate", help="drop rows of any FlagEmbedding file that match evaluation texts")
     d.add_argument("--input", required=True)
     d.add_argument("--output", required=True)
@@ -82,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from qzhou_jax.synthesis.merge import merge
 
         summary = merge(args.shards, args.output, args.summary)
+    elif args.command == "seed":
+        from qzhou_jax.synthesis.seed import write_seed
+        from qzhou_jax.train import load_config
+
+        summary = write_seed(load_config(args.config), args.dataset, args.output)
     elif args.command == "decontaminate":
         from qzhou_jax.synthesis.decontam import build, decontaminate_file
 

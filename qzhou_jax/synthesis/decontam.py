@@ -154,3 +154,30 @@ def decontaminate_file(input_path: str, output_path: str, d: Decontaminator) -> 
     write_atomic(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     return {"input": str(input_path), "output": str(output_path), "rows": len(rows), "kept": len(kept),
             "decontaminated": counts, "sources": d.sources}
+
+
+_BUILT: dict[str, Decontaminator] = {}
+
+
+def sample_texts(sample) -> list[str]:
+    """The texts of a training sample that must not be evaluation texts (query + positive; both sides of a pair;
+    a classification text)."""
+    for fields in (("query", "positive"), ("text_a", "text_b"), ("text",)):
+        if all(hasattr(sample, f) for f in fields):
+            return [getattr(sample, f) for f in fields]
+    raise TypeError(f"no texts known for {type(sample).__name__}")
+
+
+def drop_contaminated_samples(samples: list, tasks: str, counter, dataset: str, where: str) -> list:
+    """The data config's `decontaminate` option: samples minus contaminated ones, each counted in `counter`."""
+    if tasks not in _BUILT:  # one index per task list and process: stage configs repeat datasets
+        _BUILT[tasks] = from_eval_tasks(tasks)
+    d = _BUILT[tasks]
+    kept = []
+    for i, sample in enumerate(samples):
+        reason = next((r for r in map(d.match, sample_texts(sample)) if r), None)
+        if reason:
+            counter.skip(dataset, f"contaminated: {reason} match with an evaluation text", f"{where} sample {i}")
+        else:
+            kept.append(sample)
+    return kept
