@@ -100,8 +100,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         from qzhou_jax.synthesis.run import SynthesisConfig, run
 
+        from qzhou_jax.synthesis.client import AuthError
+
         fields = {k: v for k, v in vars(args).items() if k != "command"}
-        summary = run(SynthesisConfig(generator=args.command, **fields))
+        try:
+            summary = run(SynthesisConfig(generator=args.command, **fields))
+        except AuthError as err:  # everything so far is saved; a traceback would add nothing
+            log.error("%s", err)
+            raise SystemExit(2) from None
     print(json.dumps(summary, ensure_ascii=False), flush=True)
     return summary
 

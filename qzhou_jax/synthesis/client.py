@@ -127,6 +127,7 @@ class ChatClient:
         self.stats = ClientStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight = 0
+        self._auth_error: AuthError | None = None
         self._rng = random.Random(seed)  # jitter only; never affects what is asked or accepted
 
     async def close(self) -> None:
@@ -141,10 +142,12 @@ class ChatClient:
         return body
 
     async def _send(self, body: dict):
-        if self.max_requests is not None and self.stats.requests >= self.max_requests:
-            raise BudgetExhausted(f"--max-requests {self.max_requests} reached")
-        self.stats.requests += 1
         async with self._slots:
+            if self._auth_error is not None:  # every further request would be refused too
+                raise self._auth_error
+            if self.max_requests is not None and self.stats.requests >= self.max_requests:
+                raise BudgetExhausted(f"--max-requests {self.max_requests} reached")
+            self.stats.requests += 1
             self._in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
             try:
@@ -167,8 +170,9 @@ class ChatClient:
             except openai.APIStatusError as err:
                 status = err.status_code
                 if status in (401, 403):
-                    raise AuthError(f"HTTP {status} from the server: check the API key variable and base URL "
-                                    f"({err.message})") from None
+                    self._auth_error = AuthError(f"HTTP {status} from the server: check the API key variable and "
+                                                 f"base URL ({err.message})")
+                    raise self._auth_error from None
                 if status in (400, 422) and "response_format" in body and (
                         _mentions_response_format(err) or status == 400):
                     if self.structured:

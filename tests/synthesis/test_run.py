@@ -57,6 +57,7 @@ def test_outputs_pass_checks_carry_provenance_and_train_as_jsonl(tmp_path, gener
         summary = run(config(tmp_path, server, generator, n=3), decontam.Decontaminator())
     rows = rows_of(tmp_path / "out.jsonl")
     assert summary["complete"] and summary["items_done"] == len(pairs) and summary["accepted"] == 3 * len(pairs)
+    assert server.max_in_flight <= 4 and summary["max_in_flight"] <= 4
     assert [r["source_index"] for r in rows] == sorted(r["source_index"] for r in rows)
     for row in rows:
         q, p = pairs[row["source_index"]]

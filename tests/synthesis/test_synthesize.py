@@ -76,6 +76,7 @@ def test_sigkill_then_rerun_completes_without_paying_twice(tmp_path):
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         rerun_keys = [request_key(body, "paraphrase") for body in server.requests[seen:]]
     assert not finished & set(rerun_keys), "a finished request was sent again"
+    assert server.max_in_flight <= 4
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
     summary = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert summary["complete"] and summary["cached_responses"] >= len(finished)
@@ -105,3 +106,18 @@ def test_merge_and_decontaminate_subcommands(tmp_path, capsys):
                            str(tmp_path / "clean.jsonl"), "--decontaminate-tasks", "none",
                            "--decontaminate-file", str(tmp_path / "eval.txt")])
     assert out["rows"] == 6 and out["kept"] == 5 and out["decontaminated"] == {"exact": 1}
+
+
+def test_auth_error_stops_the_run_with_a_clear_exit(tmp_path):
+    import pytest
+
+    from qzhou_jax.synthesis.fake_server import Reply
+
+    _input(tmp_path / "in.jsonl", 3)
+    with ScriptedServer(lambda req, i: Reply(status=401, error="invalid api key")) as server:
+        with pytest.raises(SystemExit) as exit_info:
+            synthesize.main(["augment", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+                             "--n", "1", "--base-url", server.base_url, "--model", "m", "--concurrency", "1",
+                             "--decontaminate-tasks", "none"])
+    assert exit_info.value.code == 2 and len(server.requests) == 1
+    assert json.loads((tmp_path / "o.jsonl.summary.json").read_text())["stopped"].startswith("AuthError")
