@@ -100,6 +100,7 @@ class Counters:
     short: int = 0
     failed: dict = dataclasses.field(default_factory=dict)
     attempts: int = 0
+    reasked: int = 0           # attempts after an item's first (its earlier answers fell short)
     cached: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -131,6 +132,7 @@ async def _process(item, gen, cfg, client, journal, counters) -> generators.Outc
         else:
             counters.cached += 1
         counters.attempts += 1
+        counters.reasked += attempt > 1
         try:
             payload = parse_json_object(completion.text)
         except ValueError:
@@ -145,11 +147,14 @@ def _progress_line(gen_name, total, counters, client, start, final=False) -> str
     finished = counters.done + counters.short + sum(counters.failed.values())
     rate = finished / elapsed
     eta = (total - finished) / rate if rate > 0 and not final else 0.0
+    tokens = counters.prompt_tokens + counters.completion_tokens
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(counters.rejected.items()))
     return (f"[synthesize {gen_name}] items {finished}/{total} ({100.0 * finished / max(total, 1):.1f}%) "
-            f"accepted {counters.accepted} rejected {sum(counters.rejected.values())} "
-            f"failed {sum(counters.failed.values())} requests {client.stats.requests} (+{counters.cached} cached) "
-            f"{client.stats.requests / elapsed:.1f} req/s "
-            f"{(counters.prompt_tokens + counters.completion_tokens) / elapsed:.0f} tok/s ETA {eta:.0f}s")
+            f"accepted {counters.accepted} rejected {sum(counters.rejected.values())}"
+            f"{f' ({reasons})' if reasons else ''} failed {sum(counters.failed.values())} | "
+            f"requests {client.stats.requests} (+{counters.cached} cached, {client.stats.retried} retried, "
+            f"{counters.reasked} re-asked) {client.stats.requests / elapsed:.1f} req/s | "
+            f"tokens {tokens} ({tokens / elapsed:.0f}/s) | ETA {eta:.0f}s")
 
 
 async def generate(cfg: SynthesisConfig, items: list[generators.Item], client: ChatClient, journal: Journal):
@@ -280,7 +285,7 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
         "requests": client.stats.requests, "transport_retries": client.stats.retried,
         "retry_causes": dict(client.stats.by_status), "max_in_flight": client.stats.max_in_flight,
         "cached_responses": counters.cached, "attempts": counters.attempts,
-        "retried_attempts": counters.attempts - (counters.done + counters.short),
+        "retried_attempts": counters.reasked,
         "structured_output": client.structured,
         "tokens": {"prompt": counters.prompt_tokens, "completion": counters.completion_tokens},
         "accepted": counters.accepted, "rejected": dict(sorted(counters.rejected.items())),
