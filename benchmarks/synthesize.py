@@ -7,7 +7,8 @@ The scripted server (qzhou_jax/synthesis/fake_server.py) runs in its own process
 the full run path (`qzhou_jax.synthesis.run.run`: openai client, semaphore, journal append + fsync, checks, output
 assembly) generates paraphrases for C x requests-per-slot items; requests/s is printed next to the ideal
 C / latency. Then the journaled answers are re-checked alone (JSON parse + every constraint of generators.accept),
-timed with process CPU time: CPU per accepted sample spent in our own checks. Prints a table and one JSON line.
+timed with process CPU time: CPU per accepted sample spent in our own checks. The client's and the server's process
+CPU per request show which side limits a run on a busy machine. Prints a table and one JSON line.
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of another process (Linux /proc), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def check_cpu(cfg: SynthesisConfig, journal_path: str, repeats: int) -> tuple[float, int]:
     """CPU seconds per accepted sample to parse and check the journaled answers (no I/O, no network)."""
     items = read_items(cfg.input)[0]
@@ -87,9 +94,10 @@ def main(argv=None) -> dict:
                                       output=str(Path(tmp) / f"out{c}.jsonl"), n=args.n, model="fake",
                                       base_url=base_url, concurrency=c, progress_every=3600,
                                       decontaminate_tasks="none")
-                start, cpu0 = time.perf_counter(), time.process_time()
+                start, cpu0, server0 = time.perf_counter(), time.process_time(), process_cpu_s(proc.pid)
                 summary = run(cfg, decontam.Decontaminator())
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+                server_cpu = process_cpu_s(proc.pid) - server0
                 assert summary["complete"] and summary["accepted"] == items * args.n, summary
                 check_s, _ = check_cpu(cfg, f"{cfg.output}.journal.jsonl", args.check_repeats)
                 ideal = c / args.latency
@@ -98,16 +106,18 @@ def main(argv=None) -> dict:
                                     share_of_ideal=round(items / wall / ideal, 3),
                                     max_in_flight=summary["max_in_flight"], transport_retries=summary["transport_retries"],
                                     process_cpu_ms_per_request=round(1e3 * cpu / items, 3),
+                                    server_cpu_ms_per_request=round(1e3 * server_cpu / items, 3),
                                     check_cpu_us_per_accepted=round(1e6 * check_s, 1)))
     finally:
         proc.kill()
         proc.wait()
     print(f"latency {args.latency * 1e3:.0f} ms, paraphrase n={args.n}, one request per item")
     print(f"{'C':>4} {'requests':>9} {'req/s':>8} {'ideal':>8} {'share':>6} {'in flight':>9} "
-          f"{'client CPU ms/req':>18} {'check CPU us/sample':>20}")
+          f"{'client CPU ms/req':>18} {'server CPU ms/req':>18} {'check CPU us/sample':>20}")
     for r in results:
         print(f"{r['concurrency']:>4} {r['requests']:>9} {r['req_per_s']:>8.2f} {r['ideal_req_per_s']:>8.2f} "
               f"{r['share_of_ideal']:>6.2f} {r['max_in_flight']:>9} {r['process_cpu_ms_per_request']:>18.3f} "
+              f"{r['server_cpu_ms_per_request']:>18.3f} "
               f"{r['check_cpu_us_per_accepted']:>20.1f}")
     out = {"benchmark": "synthesize", "latency_s": args.latency, "n": args.n, "results": results}
     print(json.dumps(out))
