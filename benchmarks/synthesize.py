@@ -104,7 +104,8 @@ def main(argv=None) -> dict:
                 results.append(dict(concurrency=c, requests=summary["requests"], wall_s=round(wall, 3),
                                     req_per_s=round(items / wall, 2), ideal_req_per_s=round(ideal, 2),
                                     share_of_ideal=round(items / wall / ideal, 3),
-                                    max_in_flight=summary["max_in_flight"], transport_retries=summary["transport_retries"],
+                                    max_in_flight=summary["max_in_flight"],
+                                    transport_retries=summary["transport_retries"],
                                     process_cpu_ms_per_request=round(1e3 * cpu / items, 3),
                                     server_cpu_ms_per_request=round(1e3 * server_cpu / items, 3),
                                     check_cpu_us_per_accepted=round(1e6 * check_s, 1)))

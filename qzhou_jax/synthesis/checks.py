@@ -5,7 +5,7 @@ whitespace are not tokens), so English is measured in words and Chinese in chara
 
   length ratio       len(tokens(new)) / len(tokens(original)), accepted within [1 - tol, 1 + tol]
   edit ratio         token-level Levenshtein distance / max(len(a), len(b)), in [0, 1]; 0 = same wording
-  sentence/paragraph a text with more than one sentence (split after . ! ? ; + whitespace, or after 。 ！ ？ ；) is a paragraph
+  sentence/paragraph a text with more than one sentence (split after . ! ? ; + space, or after 。！？；) is a paragraph
   near-duplicate     edit ratio <= NEAR_DUPLICATE_RATIO, or equal after normalisation
   language           "zh" when CJK characters are at least ZH_SHARE of the tokens, else "en"
 """

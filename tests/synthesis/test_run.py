@@ -1,7 +1,6 @@
 """End to end in-process against the scripted server: checks applied, retries, duplicates, resume from the journal,
 determinism, shards + merge, decontamination, provenance, and that the output trains as a `jsonl:` source."""
 import json
-import threading
 from pathlib import Path
 
 import pytest
