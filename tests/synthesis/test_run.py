@@ -222,3 +222,16 @@ def test_api_key_sent_but_never_written(tmp_path, monkeypatch):
     assert all(h.get("authorization") == f"Bearer {secret}" for h in server.headers)
     written = [p for p in tmp_path.iterdir() if p.is_file()]
     assert len(written) >= 3 and not any(secret.encode() in p.read_bytes() for p in written)
+
+
+def test_bad_input_names_file_line_and_field(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"query": "q", "pos": ["p"]}) + "\n"
+                                       + json.dumps({"pos": ["p"]}) + "\n")
+    with ScriptedServer() as server:
+        with pytest.raises(ValueError, match=r"in.jsonl:2: field 'query' is missing"):
+            run(config(tmp_path, server), decontam.Decontaminator())
+        with pytest.raises(ValueError, match=r"--shard must be I/N"):
+            run(config(tmp_path, server, shard="1of2"), decontam.Decontaminator())
+        with pytest.raises(ValueError, match=r"need 0 <= I < N"):
+            run(config(tmp_path, server, shard="2/2"), decontam.Decontaminator())
+    assert not server.requests
