@@ -19,6 +19,8 @@ RUNTIME = [
     "scikit-learn>=1.5",
     "scipy>=1.13",
     "pyarrow>=15",
+    "openai>=1.40",      # synthesis: AsyncOpenAI against any OpenAI-compatible chat-completions server
+    "rapidfuzz>=3",      # synthesis: token-level Levenshtein for the paraphrase / near-duplicate checks
 ]
 
 setup(

@@ -69,6 +69,10 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
     otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
     """
     samples = read_samples(spec, counter)
+    if spec.decontaminate:
+        from qzhou_jax.synthesis.decontam import drop_contaminated_samples
+
+        samples = drop_contaminated_samples(samples, spec.decontaminate, counter, spec.name, spec.source)
     if spec.task == CLASSIFICATION:  # in the file itself a label with one text is bad input
         for label in LabelIndex(samples).singleton_labels():
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "

@@ -31,6 +31,8 @@ Dataset dict fields:
   data_dir          tfds data_dir [None];  label_names  int label id -> name [None]
   max_chars, max_words   truncate title_body bodies / reading-comprehension contexts (also shared:cmrc2018,
                     max_chars only) [None]
+  decontaminate     drop samples whose texts match local evaluation tasks ("all" or a comma list; exact after
+                    normalisation or a shared 13-gram, qzhou_jax/synthesis/decontam.py); counted as skipped [None]
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ class DatasetSpec:
     label_names: tuple[str, ...] | None = None
     max_chars: int | None = None
     max_words: int | None = None
+    decontaminate: str | None = None  # "all" / comma list of local eval tasks: drop samples matching their texts
 
     @property
     def kind(self) -> str:
