@@ -169,9 +169,6 @@ class PromptConfig:
             return text
         return self.query_template.format(instruction=instruction) + self.sep + text
 
-    def format_document(self, text: str) -> str:
-        return text
-
 
 def format_query(text: str, instruction: str | None, sep: str = " ") -> str:
     """`Instruct: {instruction}\\nQuery:{sep}{text}`; without an instruction the text is returned unchanged."""
@@ -246,10 +243,30 @@ def tokenize(
     else:
         length = max(longest, 1)
 
-    input_ids = np.full((len(ids), length), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((len(ids), length), dtype=np.int32)
-    for i, row in enumerate(ids):
+    input_ids, attention_mask = pad_rows(ids, length, pad_id, side)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def pad_rows(rows: Sequence[Sequence[int]], length: int, pad_id: int, side: str = "right",
+             num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token id rows -> int32 (ids, mask) of shape [num_rows (default len(rows)), length]; pads hold `pad_id`, mask 0.
+
+    Rows beyond len(rows) are all padding (fixed batch shapes for jit). Every row must fit in `length`.
+    """
+    num_rows = len(rows) if num_rows is None else num_rows
+    input_ids = np.full((num_rows, length), pad_id, dtype=np.int32)
+    mask = np.zeros((num_rows, length), dtype=np.int32)
+    for i, row in enumerate(rows):
         span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
         input_ids[i, span] = row
-        attention_mask[i, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+        mask[i, span] = 1
+    return input_ids, mask
+
+
+def check_vocab(tokenizer, vocab_size: int, where: str = "") -> None:
+    """Token ids must index the model's embedding table: a larger tokenizer would read garbage (or NaN) rows."""
+    if len(tokenizer) > vocab_size:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{vocab_size}: token ids would fall outside the embedding table (use the model's own "
+                         f"tokenizer, or a model with a larger vocabulary; preset 'demo' has the full Qwen2.5 one)")

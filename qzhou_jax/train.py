@@ -24,7 +24,7 @@ from qzhou_jax import model as qmodel
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.tokenizer import load_tokenizer
+from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
 
 log = logging.getLogger("qzhou_jax.train")
@@ -139,10 +139,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
 
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
-    if len(tokenizer) > model_config.vocab_size:  # out-of-range ids would silently read garbage embeddings
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{model_config.vocab_size}: use a larger model vocabulary (preset 'demo' has the full "
-                         f"Qwen2.5 one) or the model's own tokenizer")
+    check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count())
     log.info("data mixture:\n%s", info.table())

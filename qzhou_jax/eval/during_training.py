@@ -23,6 +23,7 @@ import numpy as np
 
 from qzhou_jax.eval.evaluate import pick_split
 from qzhou_jax.eval.tasks import SUMMARY_METRICS, get_tasks
+from qzhou_jax.tokenizer import check_vocab
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer) -> Call
     split = eval_cfg.get("split") or None
     max_examples = int(eval_cfg.get("max_examples", 0) or 0)
     batch_size, max_length = int(eval_cfg.get("batch_size", 64)), int(eval_cfg.get("max_length", 512))
-    if model_config.vocab_size < len(tokenizer):
-        raise ValueError(f"eval: the model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's "
-                         f"({len(tokenizer)} tokens)")
+    check_vocab(tokenizer, model_config.vocab_size, "eval")
     with warnings.catch_warnings(record=True) as caught:  # warn about split fallbacks once, not every evaluation
         warnings.simplefilter("always")
         splits = {task.name: pick_split(task, split) for task in tasks}

@@ -88,9 +88,8 @@ def _recorded_tokenizer(workdir: str, meta: Mapping) -> str | None:
 
 
 def _check_vocab(spec: str, config, tokenizer) -> None:
-    if config.vocab_size < len(tokenizer):
-        raise ValueError(f"{spec}: the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's "
-                         f"({len(tokenizer)} tokens): token ids would fall outside the embedding table")
+    from qzhou_jax.tokenizer import check_vocab
+    check_vocab(tokenizer, config.vocab_size, spec)
 
 
 # ============================================================================================= evaluation

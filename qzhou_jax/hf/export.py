@@ -33,7 +33,7 @@ from safetensors.numpy import save_file
 
 from qzhou_jax.hf import mapping
 from qzhou_jax.model.config import ModelConfig
-from qzhou_jax.tokenizer import PromptConfig, load_tokenizer
+from qzhou_jax.tokenizer import PromptConfig, check_vocab, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,7 @@ def check_tokenizer(tokenizer, config: ModelConfig) -> None:
     if plain != default:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} adds special tokens ({default} vs {plain}): "
                          "sentence-transformers would then embed different tokens than qzhou_jax.encode")
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+    check_vocab(tokenizer, config.vocab_size, "export")
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
 
