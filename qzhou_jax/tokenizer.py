@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import functools
 import importlib.resources
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,6 +95,20 @@ def _builtin_backend() -> tokenizers.Tokenizer:
     return backend
 
 
+def _check_json_files(path: Path) -> None:
+    """A truncated or corrupt tokenizer file named with its line, before transformers fails without naming it."""
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{e.lineno}:{e.colno}: invalid JSON ({e.msg}); the file is truncated or "
+                                 f"corrupt") from None
+
+
 def has_tokenizer_files(path: str | os.PathLike) -> bool:
     return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
 
@@ -125,7 +140,11 @@ def load_tokenizer(
                 f"tokenizer.json/tokenizer_config.json, or None for the built-in Qwen2.5 tokenizer)"
             )
         if has_tokenizer_files(path):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, **overrides)
+            _check_json_files(path)
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, **overrides)
+            except Exception as e:  # noqa: BLE001 - the loaders' errors do not say which directory
+                raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
             if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):
                 raise TypeError(f"{path}: loaded {type(tokenizer).__name__}, which is not a fast tokenizer")
             if tokenizer.pad_token_id is None:

@@ -24,6 +24,7 @@ from qzhou_jax import model as qmodel
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
+from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
 
@@ -158,7 +159,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),
-            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}}
+            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg)}
 
     # ---- one compiled step per task type
     loss_config = losses.loss_config_from(cfg.loss)
@@ -267,7 +268,7 @@ def _make_evaluator(cfg, model_config, tokenizer):
     if not cfg.get("eval") or not cfg.eval.get("tasks"):
         return None
     from qzhou_jax.eval.during_training import make_evaluator
-    return make_evaluator(cfg.eval, model_config, tokenizer)
+    return make_evaluator(cfg.eval, model_config, tokenizer, prompt=prompt_config(cfg))
 
 
 def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
@@ -275,7 +276,8 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
     if cfg.get("export") and cfg.export.get("at_end"):
         from qzhou_jax.hf.export import export_hf
         export_dir = os.path.join(workdir, "export")
-        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True)
+        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True,
+                  prompt=prompt_config(cfg))
         print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
         out["export_dir"] = export_dir
     if jax.process_index() == 0 and cfg.get("plot", True):

@@ -23,13 +23,17 @@ import numpy as np
 
 from qzhou_jax.eval.evaluate import pick_split
 from qzhou_jax.eval.tasks import SUMMARY_METRICS, get_tasks
-from qzhou_jax.tokenizer import check_vocab
+from qzhou_jax.tokenizer import PromptConfig, check_vocab
 
 log = logging.getLogger(__name__)
 
 
-def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer) -> Callable[[Any], dict[str, float]]:
-    """A callable params -> {"eval/<task>/<metric>": float}. Bad task names fail here, at setup."""
+def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer,
+                   prompt: PromptConfig = PromptConfig()) -> Callable[[Any], dict[str, float]]:
+    """A callable params -> {"eval/<task>/<metric>": float}. Bad task names fail here, at setup.
+
+    `prompt`: the training data's prompt format (run_meta.prompt_config(cfg)), so evaluation prompts as training did.
+    """
     from qzhou_jax.encode import Encoder  # local: keeps importing this module light
 
     tasks = get_tasks(eval_cfg.get("tasks", ()), eval_cfg.get("instructions") or None)
@@ -45,7 +49,8 @@ def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer) -> Call
 
     def evaluator(params) -> dict[str, float]:
         start = time.time()
-        encoder = Encoder(params, model_config, tokenizer, max_length=max_length, batch_size=batch_size)
+        encoder = Encoder(params, model_config, tokenizer, max_length=max_length, batch_size=batch_size,
+                          prompt=prompt)
         out: dict[str, float] = {}
         for task in tasks:
             scores = task.run(encoder, splits[task.name], max_examples)
