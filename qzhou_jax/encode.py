@@ -57,7 +57,7 @@ class Encoder:
 
     def __init__(self, params, config: ModelConfig, tokenizer, *, max_length: int = 8192, batch_size: int = 32,
                  prompt: PromptConfig = PromptConfig(), buckets: Sequence[int] | None = None,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None):
         check_vocab(tokenizer, config.vocab_size, "encode")
         if batch_size < 1 or max_length < 1 or max_batch_tokens < 1:
             raise ValueError(f"batch_size ({batch_size}), max_length ({max_length}) and max_batch_tokens "
@@ -65,6 +65,7 @@ class Encoder:
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_length, self.batch_size, self.prompt = max_length, batch_size, prompt
         self.max_batch_tokens = max_batch_tokens
+        self.name = name  # e.g. for mteb's ModelMeta
         self.buckets = tuple(buckets) if buckets else default_buckets(max_length)
 
     def rows_per_batch(self, length: int, batch_size: int | None = None) -> int:
@@ -82,6 +83,7 @@ class Encoder:
         params = load_params(model_dir, config)
         tokenizer = load_tokenizer(model_dir)
         prompt = _prompt_from_dir(model_dir)
+        kwargs.setdefault("name", os.path.basename(os.path.normpath(model_dir)))
         return cls(params, config, tokenizer, prompt=prompt, **kwargs)
 
     def token_ids(self, texts: Sequence[str], instruction: str | None = None) -> list[list[int]]:

@@ -58,7 +58,7 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         tokenizer = load_tokenizer()
         _check_vocab(spec, config, tokenizer)
         params = jax.jit(lambda rng: qmodel.init_params(config, rng))(jax.random.key(seed))
-        return Encoder(params, config, tokenizer, **kwargs)
+        return Encoder(params, config, tokenizer, name=spec, **kwargs)
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"{spec}: no such directory (expected an HF/export directory, a training workdir "
                                 f"or {RANDOM_PREFIX}<preset>)")
@@ -75,7 +75,8 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         tokenizer = load_tokenizer(_recorded_tokenizer(workdir, meta))
         _check_vocab(spec, config, tokenizer)
         log.info("%s: checkpoint step %s", workdir, meta.get("step"))
-        return Encoder(params, config, tokenizer, prompt=run_meta.prompt_from_meta(meta), **kwargs)
+        return Encoder(params, config, tokenizer, prompt=run_meta.prompt_from_meta(meta),
+                       name=f"{os.path.basename(os.path.normpath(workdir))}-step{meta.get('step')}", **kwargs)
     if step is not None:
         raise ValueError(f"{spec}: --step applies to training workdirs only")
     return Encoder.from_pretrained(spec, dtype=dtype, **kwargs)

@@ -15,10 +15,17 @@ looked up by task name. Queries always get it. Documents get it only for symmetr
 PairClassification, Classification, Clustering, Reranking, Summarization, plus tasks QZhou listed by name
 (e.g. ArguAna and the CQADupstack retrieval tasks), so for Retrieval only the query side is prompted.
 The instruction is handed to the encoder as `instruction=`; the encoder owns the template.
+
+mteb caches results by (model name, revision). Without a ModelMeta every model lands under one "no_model_name"
+entry and a second model silently gets the first one's cached scores, so `mteb_model_meta` always gives one:
+name "qzhou-jax/<model name>" and revision = a fingerprint of the weights (sha256 over every parameter), unless
+the caller passes its own. Instruction texts live in `qzhou_jax.instructions` (one table for training and eval).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -128,7 +135,9 @@ class MTEBEncoder:
     use_instruction: False encodes every text plain (QZhou's --use_instruction false).
     encode_kwargs: extra keyword arguments for encoder.encode (e.g. batch_size); mteb's own encode kwargs
         (batch_size, show_progress_bar, ...) are not forwarded, so the encoder keeps its configured setup.
-    model_meta: returned by `mteb_model_meta` (mteb v2 asks for it; build an mteb ModelMeta if needed).
+    model_name / revision: of the ModelMeta that `mteb_model_meta` builds (see the module docstring); name
+        default: the encoder's `name`; revision default: `weights_fingerprint(encoder.params)`.
+    model_meta: an mteb ModelMeta to return as it is instead.
     """
 
     def __init__(
@@ -142,6 +151,8 @@ class MTEBEncoder:
         task_types: Mapping[str, str] | None = None,
         use_instruction: bool = True,
         encode_kwargs: Mapping[str, Any] | None = None,
+        model_name: str | None = None,
+        revision: str | None = None,
         model_meta: Any = None,
     ):
         if not callable(getattr(encoder, "encode", None)):
@@ -157,6 +168,7 @@ class MTEBEncoder:
         self.use_instruction = use_instruction
         self.encode_kwargs = dict(encode_kwargs or {})
         self.model_meta = model_meta
+        self.model_name, self.revision = model_name, revision
         self._warned: set[str] = set()
 
     # ----------------------------------------------------------------------------------- the rules
@@ -222,7 +234,49 @@ class MTEBEncoder:
 
     @property
     def mteb_model_meta(self) -> Any:
+        """An mteb ModelMeta naming this model and its weights (built once; needs the `mteb` package)."""
+        if self.model_meta is None:
+            self.model_meta = build_model_meta(self.encoder, name=self.model_name, revision=self.revision,
+                                               use_instructions=self.use_instruction)
         return self.model_meta
+
+
+def weights_fingerprint(params: Any) -> str:
+    """sha256 (first 16 hex digits) over every parameter's path, dtype, shape and bytes, in pytree order."""
+    import jax  # local: the adapter itself needs no JAX
+
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_model_meta(encoder: Any, *, name: str | None = None, revision: str | None = None,
+                     use_instructions: bool = True) -> Any:
+    """mteb.ModelMeta for `encoder`: name "qzhou-jax/<name>" (mteb wants an "org/model" form; a name holding a
+    "/" is kept), revision the weights' fingerprint. An encoder without `params` needs an explicit revision."""
+    from mteb.models.model_meta import ModelMeta
+
+    name = name or getattr(encoder, "name", None)
+    if not name:
+        raise ValueError("mteb needs a model name to keep its result cache apart per model: pass model_name=")
+    if "/" not in name:
+        name = "qzhou-jax/" + (re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model")
+    if revision is None:
+        if getattr(encoder, "params", None) is None:
+            raise ValueError(f"{type(encoder).__name__} has no params to fingerprint: pass revision= (mteb caches "
+                             f"scores by name and revision)")
+        revision = weights_fingerprint(encoder.params)
+    config = getattr(encoder, "config", None)
+    return ModelMeta(
+        loader=None, name=name, revision=revision, release_date=None, languages=None,
+        n_parameters=config.num_params() if config is not None else None, memory_usage_mb=None,
+        max_tokens=getattr(encoder, "max_length", None), embed_dim=getattr(config, "hidden_size", None),
+        license=None, open_weights=None, public_training_code=None, public_training_data=None, framework=["JAX"],
+        similarity_fn_name="cosine", use_instructions=use_instructions, training_datasets=None,
+    )
 
 
 def _unit(x: Any) -> np.ndarray:

@@ -1,7 +1,5 @@
 """Flax params -> HF / sentence-transformers directory: PyTorch and ST parity, sharding, round trips, the CLI."""
 import json
-import sys
-import types
 
 import jax
 import numpy as np
@@ -302,10 +300,13 @@ def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
         return params, CONFIG, {"prompt": {"query_template": "Do {instruction}:", "sep": " "},
                                 "config": {"model": {"tokenizer": "", "hf_dir": ""}}, "step": 7}
 
-    monkeypatch.setitem(sys.modules, "qzhou_jax.checkpoint", types.SimpleNamespace(restore_params=restore_params))
-    cli.main(["--workdir", "wd", "--step", "7", "--out", str(tmp_path / "out"), "--dtype", "float32",
+    from qzhou_jax import checkpoint
+
+    monkeypatch.setattr(checkpoint, "restore_params", restore_params)
+    (tmp_path / "wd" / "checkpoints").mkdir(parents=True)
+    cli.main(["--workdir", str(tmp_path / "wd"), "--step", "7", "--out", str(tmp_path / "out"), "--dtype", "float32",
               "--max-shard-size", "3e6"])
-    assert calls == [("wd", 7)]
+    assert calls == [(str(tmp_path / "wd"), 7)]
     assert (tmp_path / "out" / hf_export.INDEX_NAME).exists()
     reloaded = load_params(str(tmp_path / "out"), CONFIG)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), reloaded, params)
