@@ -31,7 +31,7 @@ from qzhou_jax.tokenizer import PromptConfig, bucket_length, check_vocab, load_t
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_TOKENS = 65536  # padded tokens per forward batch (e.g. 8 texts of 8192 tokens)
+DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward batch: 32 texts of 512 tokens, 2 of 8192
 
 
 def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:

@@ -286,6 +286,7 @@ def check_vocab(tokenizer, vocab_size: int, where: str = "") -> None:
     """Token ids must index the model's embedding table: a larger tokenizer would read garbage (or NaN) rows."""
     if len(tokenizer) > vocab_size:
         prefix = f"{where}: " if where else ""
-        raise ValueError(f"{prefix}the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{vocab_size}: token ids would fall outside the embedding table (use the model's own "
-                         f"tokenizer, or a model with a larger vocabulary; preset 'demo' has the full Qwen2.5 one)")
+        raise ValueError(f"{prefix}the model's vocabulary ({vocab_size}) is smaller than the tokenizer's "
+                         f"{len(tokenizer)} tokens (vocab_size is {vocab_size}): token ids would fall outside the "
+                         f"embedding table. Use the model's own tokenizer, or a model with a larger vocabulary "
+                         f"(preset 'demo' has the full Qwen2.5 one)")

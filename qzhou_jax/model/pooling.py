@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from qzhou_jax.numerics import l2_normalize, matryoshka_truncate
+from qzhou_jax.numerics import l2_normalize, matryoshka_truncate  # noqa: F401 (l2_normalize: re-exported)
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:

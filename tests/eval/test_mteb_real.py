@@ -4,7 +4,6 @@ evaluate's (STS bit for bit; retrieval to mteb's 5-decimal rounding), and mteb's
 import warnings
 
 import datasets
-import numpy as np
 import pytest
 
 from qzhou_jax.encode import Encoder
