@@ -1,10 +1,15 @@
 """Batched inference: texts -> float32 L2-normalised embeddings, as an API and a CLI.
 
-    python -m qzhou_jax.encode --model DIR --input texts.txt --output emb.npy [--instruction TEXT]
+    python -m qzhou_jax.encode --model DIR --input texts.txt --output emb.npy [--instruction TEXT] [--dim D]
 
-Texts are sorted by token length and batched so each batch pads little; batches are padded to a fixed batch size
-and to one of a few bucket lengths, so the jitted forward compiles once per bucket, not once per batch.
-Embeddings come back in input order.
+Input: one text per line (lines end at "\n" only, a trailing "\r" is dropped; form feeds, U+0085 and U+2028 stay
+inside their line), or JSONL with a `text` field. Row i of the output is line i: an empty line is an error naming
+its number unless `--empty-lines zeros` asks for an all-zero row there; bytes that are not UTF-8 name the line.
+
+Texts are sorted by token length and batched so each batch pads little; a batch is padded to one of a few bucket
+lengths and to a row count fixed per bucket, so the jitted forward compiles once per bucket, not once per batch.
+Rows per batch are `batch_size`, fewer for long buckets: a batch never holds more than `max_batch_tokens` padded
+tokens, so one very long text cannot blow the activation memory up. Embeddings come back in input order.
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ import numpy as np
 
 from qzhou_jax import model as qmodel
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.tokenizer import PromptConfig, bucket_length, load_tokenizer
+from qzhou_jax.tokenizer import PromptConfig, bucket_length, check_vocab, load_tokenizer, pad_rows
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward batch: 32 texts of 512 tokens, 2 of 8192
 
 
 def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
@@ -49,10 +56,21 @@ class Encoder:
     """
 
     def __init__(self, params, config: ModelConfig, tokenizer, *, max_length: int = 8192, batch_size: int = 32,
-                 prompt: PromptConfig = PromptConfig(), buckets: Sequence[int] | None = None):
+                 prompt: PromptConfig = PromptConfig(), buckets: Sequence[int] | None = None,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None):
+        check_vocab(tokenizer, config.vocab_size, "encode")
+        if batch_size < 1 or max_length < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size ({batch_size}), max_length ({max_length}) and max_batch_tokens "
+                             f"({max_batch_tokens}) must be >= 1")
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_length, self.batch_size, self.prompt = max_length, batch_size, prompt
+        self.max_batch_tokens = max_batch_tokens
+        self.name = name  # e.g. for mteb's ModelMeta
         self.buckets = tuple(buckets) if buckets else default_buckets(max_length)
+
+    def rows_per_batch(self, length: int, batch_size: int | None = None) -> int:
+        """Rows of a batch padded to `length`: batch_size, fewer when that would exceed max_batch_tokens."""
+        return max(1, min(batch_size or self.batch_size, self.max_batch_tokens // length))
 
     @classmethod
     def from_pretrained(cls, model_dir: str, *, dtype: str = "float32", attention: str | None = None,
@@ -65,6 +83,7 @@ class Encoder:
         params = load_params(model_dir, config)
         tokenizer = load_tokenizer(model_dir)
         prompt = _prompt_from_dir(model_dir)
+        kwargs.setdefault("name", os.path.basename(os.path.normpath(model_dir)))
         return cls(params, config, tokenizer, prompt=prompt, **kwargs)
 
     def token_ids(self, texts: Sequence[str], instruction: str | None = None) -> list[list[int]]:
@@ -83,24 +102,21 @@ class Encoder:
         ids = self.token_ids(texts, instruction)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         result = np.zeros((len(texts), out_dim), np.float32)
-        pad_id = self.tokenizer.pad_token_id
-        left = self.tokenizer.padding_side == "left"
-        start_time = time.time()
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            length = bucket_length(max(max(len(ids[r]) for r in rows), 1), self.buckets)
-            input_ids = np.full((batch_size, length), pad_id, np.int32)
-            mask = np.zeros((batch_size, length), np.int32)
-            for j, r in enumerate(rows):
-                n = len(ids[r])
-                span = slice(length - n, length) if left else slice(0, n)
-                input_ids[j, span], mask[j, span] = ids[r], 1
+        side = self.tokenizer.padding_side
+        start_time, start = time.time(), 0
+        while start < len(order):  # longest first: each batch's first row fixes its bucket
+            length = bucket_length(max(len(ids[order[start]]), 1), self.buckets)
+            num_rows = self.rows_per_batch(length, batch_size)
+            rows = order[start:start + num_rows]
+            input_ids, mask = pad_rows([ids[r] for r in rows], length, self.tokenizer.pad_token_id, side, num_rows)
             emb = _embed_batch(self.params, input_ids, mask, self.config, dim)
             result[rows] = np.asarray(emb)[:len(rows)]
+            start += len(rows)
             if progress:
-                done = min(start + batch_size, len(order))
-                rate = done / max(time.time() - start_time, 1e-9)
-                print(f"\rencoded {done}/{len(order)} ({rate:.1f} texts/s)", end="", file=sys.stderr)
+                elapsed = max(time.time() - start_time, 1e-9)
+                eta = (len(order) - start) * elapsed / start
+                print(f"\rencoded {start}/{len(order)} ({start / elapsed:.1f} texts/s, ETA {eta:.0f}s)", end="",
+                      file=sys.stderr)
         if progress:
             print(file=sys.stderr)
         return result
@@ -116,25 +132,48 @@ def _prompt_from_dir(model_dir: str) -> PromptConfig:
     return PromptConfig()
 
 
-def read_texts(path: str) -> list[str]:
-    """One text per line, or JSONL with a `text` field (chosen by the .jsonl extension or a leading '{')."""
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    jsonl = path.endswith(".jsonl") or (lines and lines[0].lstrip().startswith("{"))
+def read_texts(path: str, *, empty_lines: str = "error") -> list[str]:
+    """One text per line, or JSONL with a `text` field (chosen by the .jsonl extension or a leading '{').
+
+    Lines end at "\n" only (a trailing "\r" goes with it), so row i of the embeddings is line i. An empty line (or
+    JSONL text) raises ValueError naming its number, unless empty_lines="zeros": then it stays a row (the CLI writes
+    an all-zero embedding there) and the count is logged. Invalid UTF-8 names the line.
+    """
+    if empty_lines not in ("error", "zeros"):
+        raise ValueError(f"empty_lines must be 'error' or 'zeros', got {empty_lines!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":  # the newline that ends the last line opens no new one
+        raw.pop()
+    lines = []
+    for number, line in enumerate(raw, 1):
+        try:
+            lines.append(line.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{number}: not UTF-8 (byte {line[e.start:e.start + 1]!r} at column "
+                             f"{e.start + 1})") from None
+    jsonl = path.endswith(".jsonl") or bool(lines and lines[0].lstrip().startswith("{"))
+    texts, empty = [], []
     for number, line in enumerate(lines, 1):
-        if jsonl:
-            if not line.strip():
-                continue
+        text = line
+        if jsonl and line.strip():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise ValueError(f"{path}:{number}: field 'text' is missing or not a string")
-            texts.append(record["text"])
-        else:
-            texts.append(line)
+            text = record["text"]
+        if not text.strip():
+            if empty_lines == "error":
+                what = "an empty 'text'" if jsonl and line.strip() else "an empty line"
+                raise ValueError(f"{path}:{number}: {what}; every line is one text, so remove it, or pass "
+                                 f"--empty-lines zeros to keep an all-zero row for it")
+            empty.append(number)
+        texts.append(text)
+    if empty:
+        log.warning("%s: %d empty line(s) (first: line %d) get all-zero embeddings", path, len(empty), empty[0])
     return texts
 
 
@@ -150,15 +189,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--attention", choices=("bidirectional", "causal"), default=None)
     parser.add_argument("--pooling", choices=("mean", "last"), default=None)
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka: keep the first DIM dimensions")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                        help="padded tokens per forward batch (long texts get smaller batches)")
+    parser.add_argument("--empty-lines", choices=("error", "zeros"), default="error",
+                        help="an empty input line: an error naming it (default), or an all-zero row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     encoder = Encoder.from_pretrained(args.model, dtype=args.dtype, attention=args.attention,
                                       pooling=args.pooling, max_length=args.max_length,
-                                      batch_size=args.batch_size)
-    texts = read_texts(args.input)
+                                      batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+    texts = read_texts(args.input, empty_lines=args.empty_lines)
     start = time.time()
     embeddings = encoder.encode(texts, args.instruction, dim=args.dim, progress=True)
+    embeddings[[i for i, t in enumerate(texts) if not t.strip()]] = 0.0  # --empty-lines zeros: the documented row
     np.save(args.output, embeddings)
     log.info("wrote %s: %d x %d in %.1fs", args.output, *embeddings.shape, time.time() - start)
 

@@ -11,28 +11,37 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import os
 
 from qzhou_jax.hf.export import DEFAULT_MAX_SEQ_LENGTH, DEFAULT_QUERY_INSTRUCTION, EXPORT_DTYPES, export_hf
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.tokenizer import PromptConfig, load_tokenizer
+from qzhou_jax import run_meta
+from qzhou_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 def from_workdir(workdir: str, step: int | None):
-    """(params, config, prompt, tokenizer dir or None) from a training workdir's checkpoint.
+    """(params, config, prompt, tokenizer dir or None, source record) from a training workdir's checkpoint.
 
-    The tokenizer is the one the run trained with (run config `model.tokenizer`, else `model.hf_dir`; neither: the
-    built-in Qwen2.5 tokenizer). A `prompt` entry ({query_template, sep}) in the checkpoint meta is honoured.
+    A multi-stage workdir (path/<stage>/checkpoints) exports its last stage. The prompt and tokenizer are the ones
+    the run recorded (run_meta.py; neither: the default prompt and the built-in Qwen2.5 tokenizer). When the newest
+    checkpoint is unreadable an older one is exported: the log and the source record (written to the export's
+    qzhou_export.json) say which step it is and which newer steps were skipped.
     """
     from qzhou_jax.checkpoint import restore_params  # local: Orbax is only needed for this source
 
+    workdir = run_meta.resolve_workdir(workdir)
     params, config, meta = restore_params(workdir, step=step)
     meta = meta if isinstance(meta, dict) else {}
-    model = (meta.get("config") or {}).get("model") or {}  # the run config: the tokenizer it trained with
-    tokenizer_dir = meta.get("tokenizer") or model.get("tokenizer") or model.get("hf_dir") or None
-    return params, config, _prompt(meta.get("prompt")), tokenizer_dir
+    exported = int(meta["step"])
+    skipped = [s for s in run_meta.checkpoint_steps(workdir) if s > exported] if step is None else []
+    if skipped:
+        log.warning("%s: newest checkpoint(s) %s unreadable; exporting step %d", workdir, skipped, exported)
+    else:
+        log.info("%s: exporting checkpoint step %d", workdir, exported)
+    source = {"workdir": os.path.abspath(workdir), "step": exported, "skipped_unreadable_steps": skipped}
+    return params, config, run_meta.prompt_from_meta(meta), run_meta.tokenizer_from_meta(meta), source
 
 
 def from_hf(model_dir: str, dtype: str):
@@ -42,21 +51,14 @@ def from_hf(model_dir: str, dtype: str):
 
     # Loading straight into the export dtype: exact for bf16 sources, and the same rounding export would do else.
     config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
-    return load_params(model_dir, config), config, _prompt_from_dir(model_dir), model_dir
-
-
-def _prompt(spec: Any) -> PromptConfig:
-    if spec is None:
-        return PromptConfig()
-    if isinstance(spec, PromptConfig):
-        return spec
-    return PromptConfig(query_template=spec["query_template"], sep=spec.get("sep", " "))
+    source = {"hf_dir": os.path.abspath(model_dir)}
+    return load_params(model_dir, config), config, _prompt_from_dir(model_dir), model_dir, source
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workdir", help="training workdir holding Orbax checkpoints")
+    source.add_argument("--workdir", help="training workdir holding Orbax checkpoints (multi-stage: the last stage)")
     source.add_argument("--params-from-hf", metavar="HF_DIR", help="re-export an HF Qwen2 / qzhou-jax directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory")
@@ -66,7 +68,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-shard-size", type=float, default=5e9, help="bytes per safetensors shard")
     parser.add_argument("--max-seq-length", type=int, default=DEFAULT_MAX_SEQ_LENGTH)
     parser.add_argument("--query-instruction", default=DEFAULT_QUERY_INSTRUCTION,
-                        help="instruction of sentence-transformers' default 'query' prompt")
+                        help="instruction of sentence-transformers' 'query' prompt, which encode_query applies "
+                             "(default: QZhou's web-search retrieval one; '' makes encode_query add nothing)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     args = parser.parse_args(argv)
     if args.step is not None and not args.workdir:
@@ -74,13 +77,13 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     if args.workdir:
-        params, config, prompt, tokenizer_dir = from_workdir(args.workdir, args.step)
+        params, config, prompt, tokenizer_dir, source = from_workdir(args.workdir, args.step)
     else:
-        params, config, prompt, tokenizer_dir = from_hf(args.params_from_hf, args.dtype)
+        params, config, prompt, tokenizer_dir, source = from_hf(args.params_from_hf, args.dtype)
     tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir)  # a dir without tokenizer files: built-in
     export_hf(params, config, args.out, tokenizer=tokenizer, dtype=args.dtype, prompt=prompt,
               max_shard_bytes=args.max_shard_size, max_seq_length=args.max_seq_length,
-              query_instruction=args.query_instruction, overwrite=args.overwrite)
+              query_instruction=args.query_instruction, overwrite=args.overwrite, source=source)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from qzhou_jax.numerics import matryoshka_truncate
+
 Array = jax.Array
 
 # Logit given to entries outside a denominator: finite (no NaN in max-subtraction), exp() underflows to 0.
@@ -121,12 +123,6 @@ def _infonce(pos: Array, blocks: Sequence[tuple[Array, Array]], tau: float) -> t
     loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos / tau)
     accuracy = jnp.mean((jnp.argmax(logits, axis=1) == 0).astype(jnp.float32))
     return loss, {"accuracy": accuracy, "num_negatives": jnp.mean(jnp.sum(keep[:, 1:], axis=1).astype(jnp.float32))}
-
-
-def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-    """Row normalisation that stays finite (value and gradient) on all-zero padding rows."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -247,7 +243,7 @@ def classification_infonce(a: Array, c: Array, cand_valid: Array | None, labels:
 
 def _truncate(x: Array, dim: int) -> Array:
     _check(dim <= x.shape[-1], f"Matryoshka dim {dim} exceeds the embedding dim {x.shape[-1]}")
-    return _l2_normalize(x[..., :dim])
+    return matryoshka_truncate(x, dim)
 
 
 def matryoshka(loss_fn: Callable[..., Array], dims: Sequence[int] | None) -> Callable[..., Array]:

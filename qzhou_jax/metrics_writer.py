@@ -44,10 +44,6 @@ class MetricsWriter:
             for key, value in clean.items():
                 self._tb.add_scalar(key, value, int(step))
 
-    def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

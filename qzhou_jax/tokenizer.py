@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import functools
 import importlib.resources
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,6 +95,20 @@ def _builtin_backend() -> tokenizers.Tokenizer:
     return backend
 
 
+def _check_json_files(path: Path) -> None:
+    """A truncated or corrupt tokenizer file named with its line, before transformers fails without naming it."""
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{e.lineno}:{e.colno}: invalid JSON ({e.msg}); the file is truncated or "
+                                 f"corrupt") from None
+
+
 def has_tokenizer_files(path: str | os.PathLike) -> bool:
     return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
 
@@ -125,7 +140,11 @@ def load_tokenizer(
                 f"tokenizer.json/tokenizer_config.json, or None for the built-in Qwen2.5 tokenizer)"
             )
         if has_tokenizer_files(path):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, **overrides)
+            _check_json_files(path)
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, **overrides)
+            except Exception as e:  # noqa: BLE001 - the loaders' errors do not say which directory
+                raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
             if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):
                 raise TypeError(f"{path}: loaded {type(tokenizer).__name__}, which is not a fast tokenizer")
             if tokenizer.pad_token_id is None:
@@ -168,9 +187,6 @@ class PromptConfig:
         if not instruction:
             return text
         return self.query_template.format(instruction=instruction) + self.sep + text
-
-    def format_document(self, text: str) -> str:
-        return text
 
 
 def format_query(text: str, instruction: str | None, sep: str = " ") -> str:
@@ -246,10 +262,31 @@ def tokenize(
     else:
         length = max(longest, 1)
 
-    input_ids = np.full((len(ids), length), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((len(ids), length), dtype=np.int32)
-    for i, row in enumerate(ids):
+    input_ids, attention_mask = pad_rows(ids, length, pad_id, side)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def pad_rows(rows: Sequence[Sequence[int]], length: int, pad_id: int, side: str = "right",
+             num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token id rows -> int32 (ids, mask) of shape [num_rows (default len(rows)), length]; pads hold `pad_id`, mask 0.
+
+    Rows beyond len(rows) are all padding (fixed batch shapes for jit). Every row must fit in `length`.
+    """
+    num_rows = len(rows) if num_rows is None else num_rows
+    input_ids = np.full((num_rows, length), pad_id, dtype=np.int32)
+    mask = np.zeros((num_rows, length), dtype=np.int32)
+    for i, row in enumerate(rows):
         span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
         input_ids[i, span] = row
-        attention_mask[i, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+        mask[i, span] = 1
+    return input_ids, mask
+
+
+def check_vocab(tokenizer, vocab_size: int, where: str = "") -> None:
+    """Token ids must index the model's embedding table: a larger tokenizer would read garbage (or NaN) rows."""
+    if len(tokenizer) > vocab_size:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}the model's vocabulary ({vocab_size}) is smaller than the tokenizer's "
+                         f"{len(tokenizer)} tokens (vocab_size is {vocab_size}): token ids would fall outside the "
+                         f"embedding table. Use the model's own tokenizer, or a model with a larger vocabulary "
+                         f"(preset 'demo' has the full Qwen2.5 one)")

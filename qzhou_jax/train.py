@@ -24,7 +24,8 @@ from qzhou_jax import model as qmodel
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.tokenizer import load_tokenizer
+from qzhou_jax.run_meta import prompt_config, run_metadata
+from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
 
 log = logging.getLogger("qzhou_jax.train")
@@ -139,10 +140,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
 
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
-    if len(tokenizer) > model_config.vocab_size:  # out-of-range ids would silently read garbage embeddings
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{model_config.vocab_size}: use a larger model vocabulary (preset 'demo' has the full "
-                         f"Qwen2.5 one) or the model's own tokenizer")
+    check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count())
     log.info("data mixture:\n%s", info.table())
@@ -161,7 +159,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),
-            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}}
+            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg)}
 
     # ---- one compiled step per task type
     loss_config = losses.loss_config_from(cfg.loss)
@@ -270,7 +268,7 @@ def _make_evaluator(cfg, model_config, tokenizer):
     if not cfg.get("eval") or not cfg.eval.get("tasks"):
         return None
     from qzhou_jax.eval.during_training import make_evaluator
-    return make_evaluator(cfg.eval, model_config, tokenizer)
+    return make_evaluator(cfg.eval, model_config, tokenizer, prompt=prompt_config(cfg))
 
 
 def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
@@ -278,7 +276,8 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
     if cfg.get("export") and cfg.export.get("at_end"):
         from qzhou_jax.hf.export import export_hf
         export_dir = os.path.join(workdir, "export")
-        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True)
+        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True,
+                  prompt=prompt_config(cfg))
         print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
         out["export_dir"] = export_dir
     if jax.process_index() == 0 and cfg.get("plot", True):

@@ -65,3 +65,86 @@ def test_read_texts_formats_and_errors(tmp_path):
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     with pytest.raises(ValueError, match=r"b\.jsonl:2: field 'text'"):
         read_texts(str(bad))
+
+
+def test_cli_dim_is_the_truncated_renormalised_full_embedding(model_dir, tmp_path):
+    directory, _ = model_dir
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(TEXTS) + "\n")
+    common = ["--model", str(directory), "--input", str(src), "--max-length", "32", "--batch-size", "4"]
+    main(common + ["--output", str(tmp_path / "full.npy")])
+    main(common + ["--output", str(tmp_path / "d8.npy"), "--dim", "8", "--instruction", "Find"])
+    main(common + ["--output", str(tmp_path / "full_i.npy"), "--instruction", "Find"])
+    full, full_i, d8 = (np.load(tmp_path / f) for f in ("full.npy", "full_i.npy", "d8.npy"))
+    assert full.shape == (len(TEXTS), 32) and d8.shape == (len(TEXTS), 8)
+    expected = full_i[:, :8] / np.linalg.norm(full_i[:, :8], axis=-1, keepdims=True)
+    np.testing.assert_allclose(d8, expected, atol=1e-6)
+    assert not np.allclose(full[:, :8] / np.linalg.norm(full[:, :8], axis=-1, keepdims=True), d8, atol=1e-3)
+
+
+def test_rows_are_lines_split_on_newline_only(model_dir, tmp_path):
+    directory, _ = model_dir
+    lines = ["form\x0cfeed", "next\x85line", "line\u2028separator", "windows"]
+    src = tmp_path / "odd.txt"
+    src.write_bytes(("\n".join(lines[:3]) + "\n" + lines[3] + "\r\n").encode("utf-8"))
+    assert read_texts(str(src)) == lines
+    main(["--model", str(directory), "--input", str(src), "--output", str(tmp_path / "o.npy"), "--max-length", "32"])
+    expected = Encoder.from_pretrained(str(directory), max_length=32).encode(lines)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, atol=1e-6)
+
+
+def test_empty_and_non_utf8_lines_are_named(model_dir, tmp_path):
+    directory, _ = model_dir
+    src = tmp_path / "gap.txt"
+    src.write_text("first\n\nthird\n")
+    with pytest.raises(ValueError, match=r"gap\.txt:2: an empty line"):
+        read_texts(str(src))
+    out = tmp_path / "gap.npy"
+    main(["--model", str(directory), "--input", str(src), "--output", str(out), "--max-length", "32",
+          "--empty-lines", "zeros", "--instruction", "Find"])
+    emb = np.load(out)
+    assert emb.shape[0] == 3 and not emb[1].any()
+    expected = Encoder.from_pretrained(str(directory), max_length=32).encode(["first", "third"], "Find")
+    np.testing.assert_allclose(emb[[0, 2]], expected, atol=1e-6)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"fine\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin1\.txt:2: not UTF-8"):
+        read_texts(str(bad))
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text('{"text": "ok"}\n{"text": ""}\n')
+    with pytest.raises(ValueError, match=r"e\.jsonl:2: an empty 'text'"):
+        read_texts(str(jsonl))
+
+
+def test_batches_respect_the_token_budget(model_dir, monkeypatch):
+    directory, _ = model_dir
+    import qzhou_jax.encode as encode_module
+
+    shapes = []
+    real = encode_module._embed_batch
+
+    def recording(params, input_ids, attention_mask, config, dim):
+        shapes.append(input_ids.shape)
+        return real(params, input_ids, attention_mask, config, dim)
+
+    texts = TEXTS + ["word " * 200]  # one long text: 64 tokens after truncation
+    reference = Encoder.from_pretrained(str(directory), max_length=64, batch_size=8).encode(texts)
+    monkeypatch.setattr(encode_module, "_embed_batch", recording)
+    tight = Encoder.from_pretrained(str(directory), max_length=64, batch_size=8, max_batch_tokens=64)
+    np.testing.assert_allclose(tight.encode(texts), reference, atol=1e-5)
+    assert shapes[0] == (1, 64) and all(rows * length <= 64 for rows, length in shapes)
+    assert sum(rows for rows, _ in shapes) >= len(texts)
+
+
+def test_tokenizer_larger_than_the_vocabulary_and_truncated_tokenizer_files(tmp_path):
+    from qzhou_jax.tokenizer import load_tokenizer
+
+    small = tmp_path / "small"
+    oracle.make_hf_model(small, "gqa", vocab_size=300, hidden_size=32, intermediate_size=64)
+    with pytest.raises(ValueError, match=r"vocabulary \(300\) is smaller than the tokenizer's 151665 tokens"):
+        Encoder.from_pretrained(str(small))
+    load_tokenizer().save_pretrained(str(small))
+    text = (small / "tokenizer.json").read_text()
+    (small / "tokenizer.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"small/tokenizer\.json:\d+:\d+: invalid JSON.*truncated"):
+        load_tokenizer(str(small))

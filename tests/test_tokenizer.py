@@ -253,7 +253,6 @@ def test_format_query():
     assert format_query("q", None) == "q" and format_query("q", "") == "q"
     prompts = PromptConfig()
     assert prompts.format_query("q", "Do X") == "Instruct: Do X\nQuery: q"
-    assert prompts.format_document("a document") == "a document"
     with pytest.raises(ValueError, match="instruction"):
         PromptConfig(query_template="Query:")
     with pytest.raises(AttributeError):

@@ -5,17 +5,7 @@ are arguments so the demo and the full-size stages share one definition.
 """
 from __future__ import annotations
 
-INSTRUCTIONS = {
-    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "trecqa": "Given a question, retrieve sentences that answer it",
-    "cmrc2018": "Given a passage and a question, retrieve the answer",
-    "sts": "Retrieve semantically similar text.",
-    "nli": "Retrieve semantically similar text.",
-    "banking77": "Given a online banking query, find the corresponding intents",
-    "trec": "Given a question, classify the type of answer it expects",
-    "sst2": "Classify the sentiment expressed in the given movie review text",
-    "waimai": "Classify the customer review for online food delivery services",
-}
+from qzhou_jax.instructions import TRAINING_INSTRUCTIONS as INSTRUCTIONS  # one table for training and eval
 
 
 def _entry(name, source, split, instruction, lengths, max_examples=None, **extra):

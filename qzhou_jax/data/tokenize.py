@@ -26,7 +26,7 @@ import numpy as np
 
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL, check_task
 from qzhou_jax.data.transforms import LabelIndex, example_based_triplet
-from qzhou_jax.tokenizer import bucket_length, format_query
+from qzhou_jax.tokenizer import bucket_length, format_query, pad_rows
 
 BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels", "dataset_id")
 
@@ -122,12 +122,7 @@ class Collator:
     def _encode(self, texts: Sequence[str], max_len: int, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         rows = [e.ids[:max_len] for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
         length = bucket_length(max(1, max(map(len, rows), default=0)), buckets)
-        ids = np.full((len(rows), length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(rows), length), dtype=np.int32)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_rows(rows, length, self.pad_id, "right")
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         b, c = len(examples), self.spec.num_candidates

@@ -23,21 +23,24 @@ import numpy as np
 
 from qzhou_jax.eval.evaluate import pick_split
 from qzhou_jax.eval.tasks import SUMMARY_METRICS, get_tasks
+from qzhou_jax.tokenizer import PromptConfig, check_vocab
 
 log = logging.getLogger(__name__)
 
 
-def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer) -> Callable[[Any], dict[str, float]]:
-    """A callable params -> {"eval/<task>/<metric>": float}. Bad task names fail here, at setup."""
+def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer,
+                   prompt: PromptConfig = PromptConfig()) -> Callable[[Any], dict[str, float]]:
+    """A callable params -> {"eval/<task>/<metric>": float}. Bad task names fail here, at setup.
+
+    `prompt`: the training data's prompt format (run_meta.prompt_config(cfg)), so evaluation prompts as training did.
+    """
     from qzhou_jax.encode import Encoder  # local: keeps importing this module light
 
     tasks = get_tasks(eval_cfg.get("tasks", ()), eval_cfg.get("instructions") or None)
     split = eval_cfg.get("split") or None
     max_examples = int(eval_cfg.get("max_examples", 0) or 0)
     batch_size, max_length = int(eval_cfg.get("batch_size", 64)), int(eval_cfg.get("max_length", 512))
-    if model_config.vocab_size < len(tokenizer):
-        raise ValueError(f"eval: the model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's "
-                         f"({len(tokenizer)} tokens)")
+    check_vocab(tokenizer, model_config.vocab_size, "eval")
     with warnings.catch_warnings(record=True) as caught:  # warn about split fallbacks once, not every evaluation
         warnings.simplefilter("always")
         splits = {task.name: pick_split(task, split) for task in tasks}
@@ -46,7 +49,8 @@ def make_evaluator(eval_cfg: Mapping[str, Any], model_config, tokenizer) -> Call
 
     def evaluator(params) -> dict[str, float]:
         start = time.time()
-        encoder = Encoder(params, model_config, tokenizer, max_length=max_length, batch_size=batch_size)
+        encoder = Encoder(params, model_config, tokenizer, max_length=max_length, batch_size=batch_size,
+                          prompt=prompt)
         out: dict[str, float] = {}
         for task in tasks:
             scores = task.run(encoder, splits[task.name], max_examples)

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from qzhou_jax import run_meta
 from qzhou_jax.eval import TextEncoder
 from qzhou_jax.eval.tasks import TASKS, Task, get_tasks
 
@@ -57,30 +58,32 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         tokenizer = load_tokenizer()
         _check_vocab(spec, config, tokenizer)
         params = jax.jit(lambda rng: qmodel.init_params(config, rng))(jax.random.key(seed))
-        return Encoder(params, config, tokenizer, **kwargs)
+        return Encoder(params, config, tokenizer, name=spec, **kwargs)
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"{spec}: no such directory (expected an HF/export directory, a training workdir "
                                 f"or {RANDOM_PREFIX}<preset>)")
-    if checkpoint.is_workdir(spec):
-        params, config, meta = checkpoint.restore_params(spec, step=step)
+    if not os.path.exists(os.path.join(spec, "config.json")):
+        try:  # a training workdir, or a multi-stage one (its last stage)
+            workdir = run_meta.resolve_workdir(spec)
+        except FileNotFoundError:
+            stages = sorted(p.name for p in Path(spec).iterdir() if checkpoint.is_workdir(str(p)))
+            hint = f"; its stages are workdirs without a checkpoint: {', '.join(stages)}" if stages else ""
+            raise FileNotFoundError(f"{spec}: neither a training workdir (no checkpoints/) nor a model directory "
+                                    f"(no config.json){hint}") from None
+        params, config, meta = checkpoint.restore_params(workdir, step=step)
         config = config.replace(dtype=dtype)  # compute dtype; the params keep their stored dtype
-        tokenizer = load_tokenizer(_recorded_tokenizer(spec, meta))
+        tokenizer = load_tokenizer(_recorded_tokenizer(workdir, meta))
         _check_vocab(spec, config, tokenizer)
-        log.info("%s: checkpoint step %s", spec, meta.get("step"))
-        return Encoder(params, config, tokenizer, **kwargs)
+        log.info("%s: checkpoint step %s", workdir, meta.get("step"))
+        return Encoder(params, config, tokenizer, prompt=run_meta.prompt_from_meta(meta),
+                       name=f"{os.path.basename(os.path.normpath(workdir))}-step{meta.get('step')}", **kwargs)
     if step is not None:
         raise ValueError(f"{spec}: --step applies to training workdirs only")
-    if not os.path.exists(os.path.join(spec, "config.json")):
-        stages = sorted(p.name for p in Path(spec).iterdir() if checkpoint.is_workdir(str(p)))
-        hint = f"; its stages are workdirs: {', '.join(stages)}" if stages else ""
-        raise FileNotFoundError(f"{spec}: neither a training workdir (no checkpoints/) nor a model directory "
-                                f"(no config.json){hint}")
     return Encoder.from_pretrained(spec, dtype=dtype, **kwargs)
 
 
 def _recorded_tokenizer(workdir: str, meta: Mapping) -> str | None:
-    model_cfg = (meta.get("config") or {}).get("model") or {}
-    path = model_cfg.get("tokenizer") or model_cfg.get("hf_dir") or None
+    path = run_meta.tokenizer_from_meta(meta)
     if path and not os.path.isdir(path):
         warnings.warn(f"{workdir}: the recorded tokenizer directory {path} is gone; using the built-in Qwen2.5 one")
         return None
@@ -88,9 +91,8 @@ def _recorded_tokenizer(workdir: str, meta: Mapping) -> str | None:
 
 
 def _check_vocab(spec: str, config, tokenizer) -> None:
-    if config.vocab_size < len(tokenizer):
-        raise ValueError(f"{spec}: the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's "
-                         f"({len(tokenizer)} tokens): token ids would fall outside the embedding table")
+    from qzhou_jax.tokenizer import check_vocab
+    check_vocab(tokenizer, config.vocab_size, spec)
 
 
 # ============================================================================================= evaluation

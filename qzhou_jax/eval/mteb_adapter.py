@@ -15,10 +15,17 @@ looked up by task name. Queries always get it. Documents get it only for symmetr
 PairClassification, Classification, Clustering, Reranking, Summarization, plus tasks QZhou listed by name
 (e.g. ArguAna and the CQADupstack retrieval tasks), so for Retrieval only the query side is prompted.
 The instruction is handed to the encoder as `instruction=`; the encoder owns the template.
+
+mteb caches results by (model name, revision). Without a ModelMeta every model lands under one "no_model_name"
+entry and a second model silently gets the first one's cached scores, so `mteb_model_meta` always gives one:
+name "qzhou-jax/<model name>" and revision = a fingerprint of the weights (sha256 over every parameter), unless
+the caller passes its own. Instruction texts live in `qzhou_jax.instructions` (one table for training and eval).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,101 +34,8 @@ import numpy as np
 
 from qzhou_jax.eval import TextEncoder
 
-_STS = "Retrieve semantically similar text"
-_WEB = "Given a web search query, retrieve relevant passages that answer the query"
-
-# QZhou's published instructions: task_to_instructions_v2.json (MTEB eng v2) and run_cmteb_all.py (CMTEB).
-QZHOU_INSTRUCTIONS: dict[str, str] = {
-    # MTEB(eng, v2)
-    "AmazonCounterfactualClassification": (
-        "Classify a given Amazon customer review text as either counterfactual or "
-        "not-counterfactual"),
-    "ArXivHierarchicalClusteringP2P": (
-        "Identify the main and secondary category of Arxiv papers based on the titles and "
-        "abstracts"),
-    "ArXivHierarchicalClusteringS2S": "Identify the main and secondary category of Arxiv papers based on the titles",
-    "ArguAna": "Given a claim, find documents that refute the claim",
-    "AskUbuntuDupQuestions": "Retrieve duplicate questions from AskUbuntu forum",
-    "BIOSSES": _STS,
-    "Banking77Classification": "Given a online banking query, find the corresponding intents",
-    "BiorxivClusteringP2P.v2": "Identify the main category of Biorxiv papers based on the titles and abstracts",
-    "CQADupstackGamingRetrieval": (
-        "Given a question, retrieve detailed question descriptions from Stackexchange that are "
-        "duplicates to the given question"),
-    "CQADupstackUnixRetrieval": (
-        "Given a question, retrieve detailed question descriptions from Stackexchange that are "
-        "duplicates to the given question"),
-    "ClimateFEVERHardNegatives": (
-        "Given a claim about climate change, retrieve documents that support or refute the claim"),
-    "FEVERHardNegatives": "Given a claim, retrieve documents that support or refute the claim",
-    "FiQA2018": "Given a financial question, retrieve user replies that best answer the question",
-    "HotpotQAHardNegatives": "Given a multi-hop question, retrieve documents that can help answer the question",
-    "ImdbClassification": "Classify the sentiment expressed in the given movie review text from the IMDB dataset",
-    "MTOPDomainClassification": "Classify the intent domain of the given utterance in task-oriented conversation",
-    "MassiveIntentClassification": "Given a user utterance as query, find the user intents",
-    "MassiveScenarioClassification": "Given a user utterance as query, find the user scenarios",
-    "MedrxivClusteringP2P": "Identify the main category of Medrxiv papers based on the titles and abstracts",
-    "MedrxivClusteringS2S": "Identify the main category of Medrxiv papers based on the titles",
-    "MindSmallReranking": "Retrieve relevant news articles based on user browsing history",
-    "SCIDOCS": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
-    "SICK-R": _STS,
-    "STS12": _STS, "STS13": _STS, "STS14": _STS, "STS15": _STS, "STS17": _STS, "STS22.v2": _STS,
-    "STSBenchmark": _STS,
-    "SprintDuplicateQuestions": "Retrieve duplicate questions from Sprint forum",
-    "StackExchangeClustering.v2": "Identify the topic or theme of StackExchange posts based on the titles",
-    "StackExchangeClusteringP2P.v2": (
-        "Identify the topic or theme of StackExchange posts based on the given paragraphs"),
-    "SummEvalSummarization.v2": _STS,
-    "TRECCOVID": "Given a query on COVID-19, retrieve documents that answer the query",
-    "Touche2020Retrieval.v3": "Given a question, retrieve detailed and persuasive arguments that answer the question",
-    "ToxicConversationsClassification": "Classify the given comments as either toxic or not toxic",
-    "TweetSentimentExtractionClassification": (
-        "Classify the sentiment of a given tweet as either positive, negative, or neutral"),
-    "TwentyNewsgroupsClustering.v2": "Identify the topic or theme of the given news articles",
-    "TwitterSemEval2015": "Retrieve tweets that are semantically similar to the given tweet",
-    "TwitterURLCorpus": "Retrieve tweets that are semantically similar to the given tweet",
-    # MTEB(cmn, v1)
-    "EcomRetrieval": (
-        "Given a user query from an e-commerce website, retrieve description sentences of relevant "
-        "products"),
-    "MedicalRetrieval": "Given a medical question, retrieve user replies that best answer the question",
-    "CMedQAv1-reranking": (
-        "Given a Chinese community medical question, retrieve replies that best answer the "
-        "question"),
-    "CMedQAv2-reranking": (
-        "Given a Chinese community medical question, retrieve replies that best answer the "
-        "question"),
-    "ATEC": _STS, "BQ": _STS, "LCQMC": _STS, "PAWSX": _STS, "STSB": _STS, "AFQMC": _STS, "QBQTC": _STS,
-    "TNews": "Classify the fine-grained category of the given news title",
-    "IFlyTek": "Given an App description text, find the appropriate fine-grained category",
-    "MultilingualSentiment": "Classify sentiment of the customer review into positive, neutral, or negative",
-    "JDReview": "Classify the customer review for iPhone on e-commerce platform into positive or negative",
-    "OnlineShopping": "Classify the customer review for online shopping into positive or negative",
-    "Waimai": "Classify the customer review from a food takeaway platform into positive or negative",
-    "Ocnli": "Retrieve semantically similar text.",
-    "Cmnli": "Retrieve semantically similar text.",
-    "CLSClusteringP2P": "Identify the main category of scholar papers based on the titles and abstracts",
-    "CLSClusteringS2S": "Identify the main category of scholar papers based on the titles",
-    "ThuNewsClusteringS2S": "Identify the topic or theme of the given news articles based on the titles",
-    "ThuNewsClusteringP2P": "Identify the topic or theme of the given news articles based on the titles and contents",
-    "T2Retrieval": "Given a Chinese search query, retrieve web passages that answer the question",
-    "CmedqaRetrieval": "Given a Chinese community medical question, retrieve replies that best answer the question",
-    "CovidRetrieval": "Given a question on COVID-19, retrieve news articles that answer the question",
-    "DuRetrieval": "Given a Chinese search query, retrieve web passages that answer the question",
-    "MMarcoReranking": "Given a Chinese search query, retrieve web passages that answer the question",
-    "MMarcoRetrieval": _WEB,
-    "T2Reranking": "Given a Chinese search query, retrieve web passages that answer the question",
-    "VideoRetrieval": "Given a video search query, retrieve the titles of relevant videos",
-}
-
-# Local tasks QZhou published no instruction for (ours, in the same style; SciFact's is E5-Mistral's).
-LOCAL_INSTRUCTIONS: dict[str, str] = {
-    "SciFact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "TRECClassification": "Classify the given question by the type of answer it asks for",
-    "SST2Classification": "Classify the sentiment expressed in the given movie review text",
-}
-
-DEFAULT_INSTRUCTIONS: dict[str, str] = {**QZHOU_INSTRUCTIONS, **LOCAL_INSTRUCTIONS}
+from qzhou_jax.instructions import DEFAULT_INSTRUCTIONS, LOCAL_INSTRUCTIONS, QZHOU_INSTRUCTIONS  # noqa: F401
+from qzhou_jax.instructions import STS as _STS, WEB_SEARCH as _WEB
 
 # Tasks QZhou prompts on both sides (query_passage_instruction in both scripts). Every symmetric-type
 # task in it is also covered by SYMMETRIC_TASK_TYPES; the retrieval ones are the reason the set exists.
@@ -129,7 +43,7 @@ QZHOU_BOTH_SIDES_TASKS = frozenset({
     "AmazonCounterfactualClassification", "ArXivHierarchicalClusteringP2P", "ArXivHierarchicalClusteringS2S",
     "BIOSSES", "Banking77Classification", "BiorxivClusteringP2P.v2", "ImdbClassification",
     "MTOPDomainClassification", "MassiveIntentClassification", "MassiveScenarioClassification",
-    "MedrxivClusteringP2P", "MedrxivClusteringS2S", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS17",
+    "MedrxivClusteringP2P", "MedrxivClusteringS2S", "MedrxivClusteringP2P.v2", "MedrxivClusteringS2S.v2", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS17",
     "STS22.v2", "STSBenchmark", "SprintDuplicateQuestions", "StackExchangeClustering.v2",
     "StackExchangeClusteringP2P.v2", "ToxicConversationsClassification", "TweetSentimentExtractionClassification",
     "TwentyNewsgroupsClustering.v2", "TwitterSemEval2015", "TwitterURLCorpus", "AskUbuntuDupQuestions",
@@ -221,7 +135,9 @@ class MTEBEncoder:
     use_instruction: False encodes every text plain (QZhou's --use_instruction false).
     encode_kwargs: extra keyword arguments for encoder.encode (e.g. batch_size); mteb's own encode kwargs
         (batch_size, show_progress_bar, ...) are not forwarded, so the encoder keeps its configured setup.
-    model_meta: returned by `mteb_model_meta` (mteb v2 asks for it; build an mteb ModelMeta if needed).
+    model_name / revision: of the ModelMeta that `mteb_model_meta` builds (see the module docstring); name
+        default: the encoder's `name`; revision default: `weights_fingerprint(encoder.params)`.
+    model_meta: an mteb ModelMeta to return as it is instead.
     """
 
     def __init__(
@@ -235,6 +151,8 @@ class MTEBEncoder:
         task_types: Mapping[str, str] | None = None,
         use_instruction: bool = True,
         encode_kwargs: Mapping[str, Any] | None = None,
+        model_name: str | None = None,
+        revision: str | None = None,
         model_meta: Any = None,
     ):
         if not callable(getattr(encoder, "encode", None)):
@@ -250,6 +168,7 @@ class MTEBEncoder:
         self.use_instruction = use_instruction
         self.encode_kwargs = dict(encode_kwargs or {})
         self.model_meta = model_meta
+        self.model_name, self.revision = model_name, revision
         self._warned: set[str] = set()
 
     # ----------------------------------------------------------------------------------- the rules
@@ -315,7 +234,49 @@ class MTEBEncoder:
 
     @property
     def mteb_model_meta(self) -> Any:
+        """An mteb ModelMeta naming this model and its weights (built once; needs the `mteb` package)."""
+        if self.model_meta is None:
+            self.model_meta = build_model_meta(self.encoder, name=self.model_name, revision=self.revision,
+                                               use_instructions=self.use_instruction)
         return self.model_meta
+
+
+def weights_fingerprint(params: Any) -> str:
+    """sha256 (first 16 hex digits) over every parameter's path, dtype, shape and bytes, in pytree order."""
+    import jax  # local: the adapter itself needs no JAX
+
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_model_meta(encoder: Any, *, name: str | None = None, revision: str | None = None,
+                     use_instructions: bool = True) -> Any:
+    """mteb.ModelMeta for `encoder`: name "qzhou-jax/<name>" (mteb wants an "org/model" form; a name holding a
+    "/" is kept), revision the weights' fingerprint. An encoder without `params` needs an explicit revision."""
+    from mteb.models.model_meta import ModelMeta
+
+    name = name or getattr(encoder, "name", None)
+    if not name:
+        raise ValueError("mteb needs a model name to keep its result cache apart per model: pass model_name=")
+    if "/" not in name:
+        name = "qzhou-jax/" + (re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model")
+    if revision is None:
+        if getattr(encoder, "params", None) is None:
+            raise ValueError(f"{type(encoder).__name__} has no params to fingerprint: pass revision= (mteb caches "
+                             f"scores by name and revision)")
+        revision = weights_fingerprint(encoder.params)
+    config = getattr(encoder, "config", None)
+    return ModelMeta(
+        loader=None, name=name, revision=revision, release_date=None, languages=None,
+        n_parameters=config.num_params() if config is not None else None, memory_usage_mb=None,
+        max_tokens=getattr(encoder, "max_length", None), embed_dim=getattr(config, "hidden_size", None),
+        license=None, open_weights=None, public_training_code=None, public_training_data=None, framework=["JAX"],
+        similarity_fn_name="cosine", use_instructions=use_instructions, training_datasets=None,
+    )
 
 
 def _unit(x: Any) -> np.ndarray:

@@ -21,8 +21,8 @@
 Prompt sides follow RECIPE section 1 / QZhou's eval scripts: symmetric tasks (STS, pair classification,
 classification, clustering) prompt every text with the task instruction; retrieval prompts only the queries.
 TrecQA answer selection is asymmetric (question -> answer sentence, trained as retrieval), so only its questions
-are prompted. Instructions come from `mteb_adapter.DEFAULT_INSTRUCTIONS` (QZhou's own where published), plus
-`EXTRA_INSTRUCTIONS` for the two tasks MTEB lacks; `get_tasks(..., instructions=)` overrides them ({task:
+are prompted. Instructions come from `qzhou_jax.instructions`: DEFAULT_INSTRUCTIONS (QZhou's own where published),
+plus EXTRA_INSTRUCTIONS for the two tasks MTEB lacks; `get_tasks(..., instructions=)` overrides them ({task:
 instruction}, null = no prompt; names of tasks not registered here are ignored, so QZhou's full table can be used).
 
 Choices of ours, made explicit:
@@ -52,7 +52,8 @@ from threadpoolctl import threadpool_limits
 
 from qzhou_jax.data import shared_data
 from qzhou_jax.eval import TextEncoder, metrics
-from qzhou_jax.eval.mteb_adapter import DEFAULT_INSTRUCTIONS, load_instructions
+from qzhou_jax.eval.mteb_adapter import load_instructions
+from qzhou_jax.instructions import DEFAULT_INSTRUCTIONS, EXTRA_INSTRUCTIONS
 
 MAIN_METRICS = {
     "STS": "cosine_spearman", "PairClassification": "cosine_ap", "Retrieval": "ndcg_at_10",
@@ -66,10 +67,6 @@ SUMMARY_METRICS = {
     "Classification": ("accuracy", "f1"),
     "Clustering": ("v_measure",),
     "Reranking": ("map", "mrr_at_10"),
-}
-EXTRA_INSTRUCTIONS = {
-    "Banking77Clustering": "Identify the intent of the given online banking query",
-    "TrecQAReranking": "Given a question, retrieve sentences that answer it",
 }
 SUBSAMPLE_SEED = 42
 WAIMAI_SEED = 42

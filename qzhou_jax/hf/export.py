@@ -7,7 +7,9 @@
 - sentence-transformers: modules.json (Transformer -> Pooling -> Normalize), sentence_bert_config.json,
   1_Pooling/config.json, 2_Normalize/, config_sentence_transformers.json (prompts); the legacy file layout, which
   sentence-transformers 2.x to 6.x all read;
-- qzhou-jax: `qzhou_prompt.json` (query template and separator) for `qzhou_jax.encode.Encoder.from_pretrained`.
+- qzhou-jax: `qzhou_prompt.json` (query template and separator) for `qzhou_jax.encode.Encoder.from_pretrained`,
+  and `qzhou_export.json` (what was exported: workdir and checkpoint step, or the HF source).
+The tokenizer files name `PreTrainedTokenizerFast`, so transformers 4.x loads them as well as 5.x.
 
 Weights are streamed: one tensor (one layer's slice of a scanned, stacked leaf) is brought to the host at a time,
 converted through the single name/layout table of `mapping.py`, and written shard by shard, so a model sharded over
@@ -33,7 +35,7 @@ from safetensors.numpy import save_file
 
 from qzhou_jax.hf import mapping
 from qzhou_jax.model.config import ModelConfig
-from qzhou_jax.tokenizer import PromptConfig, load_tokenizer
+from qzhou_jax.tokenizer import PromptConfig, check_vocab, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,15 @@ SHARD_NAME = "model-{:05d}-of-{:05d}.safetensors"
 MODELING_FILE = "modeling_qzhou.py"
 MODEL_CLASS = "QZhouEmbeddingModel"
 PROMPT_FILE = "qzhou_prompt.json"
+SOURCE_FILE = "qzhou_export.json"  # what was exported: workdir and checkpoint step (or the HF source)
+# A class every transformers release knows (5.x calls its own "TokenizersBackend", which 4.x cannot load); both read
+# tokenizer.json as it is.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-# The retrieval instruction of QZhou-Embedding's model card: the default `query` prompt of sentence-transformers.
+# sentence-transformers' `query` prompt, which `encode_query()` (and `prompt_name="query"`) applies: chosen to be the
+# retrieval instruction of QZhou-Embedding's model card, since retrieval is what encode_query/encode_document are
+# for. Symmetric tasks (STS, classification, clustering) need their own instruction on both sides: pass
+# `prompt=` explicitly. `export --query-instruction ""` makes encode_query add nothing.
 DEFAULT_QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_MAX_SEQ_LENGTH = 8192  # RECIPE section 1: contexts up to 8k tokens at inference
 
@@ -248,8 +257,7 @@ def check_tokenizer(tokenizer, config: ModelConfig) -> None:
     if plain != default:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} adds special tokens ({default} vs {plain}): "
                          "sentence-transformers would then embed different tokens than qzhou_jax.encode")
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+    check_vocab(tokenizer, config.vocab_size, "export")
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
 
@@ -262,9 +270,9 @@ Qwen2 with bidirectional attention, {config.pooling} pooling and L2 normalisatio
 ```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer(PATH, trust_remote_code=True)
-docs = model.encode(documents)                      # documents: no prompt
-queries = model.encode(queries, prompt_name="query")  # default instruction: {instruction!r}
-queries = model.encode(queries, prompt={query_prompt(prompt, "YOUR INSTRUCTION")!r})
+docs = model.encode_document(documents)  # documents: no prompt
+queries = model.encode_query(queries)     # the "query" prompt: {query_prompt(prompt, instruction)!r}
+texts = model.encode(texts, prompt={query_prompt(prompt, "YOUR INSTRUCTION")!r})  # other tasks, both sides
 ```
 
 transformers: `AutoModel.from_pretrained(PATH, trust_remote_code=True)`. Without `trust_remote_code` the stock
@@ -276,13 +284,14 @@ give wrong embeddings. qzhou-jax: `qzhou_jax.encode.Encoder.from_pretrained(PATH
 def export_hf(params, config: ModelConfig, out_dir: str | os.PathLike, *, tokenizer=None, dtype: str = "bfloat16",
               prompt: PromptConfig = PromptConfig(), max_shard_bytes: float = 5e9,
               max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, source: dict | None = None) -> Path:
     """Writes an HF + sentence-transformers model directory from `Qwen2Encoder(config)` params; returns it.
 
     `params` may be numpy, single-device or sharded jax arrays (scanned or unscanned layers). `tokenizer`: default
     the built-in Qwen2.5 one. `max_seq_length` (capped at config.max_position_embeddings) is sentence-transformers'
     truncation length. An existing export in `out_dir` is replaced only with `overwrite=True`. In a multi-process
-    run every process must call this (collective gathers); process 0 writes.
+    run every process must call this (collective gathers); process 0 writes. `source` (e.g. {"workdir", "step"})
+    is recorded in qzhou_export.json.
     """
     _export_dtype(dtype)
     out_dir = Path(out_dir)
@@ -302,6 +311,7 @@ def export_hf(params, config: ModelConfig, out_dir: str | os.PathLike, *, tokeni
     write_weights(params, config, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
     if writer:
         _write_metadata(out_dir, config, tokenizer, dtype, prompt, max_seq_length, query_instruction)
+        _write_json(out_dir / SOURCE_FILE, {"dtype": dtype, **(source or {})})
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("qzhou_jax.export_hf")  # nobody reads a half-written directory
     return out_dir
@@ -312,6 +322,7 @@ def _write_metadata(out_dir: Path, config: ModelConfig, tokenizer, dtype: str, p
     _write_json(out_dir / "config.json", hf_config(config, dtype))
     shutil.copyfile(Path(__file__).with_name(MODELING_FILE), out_dir / MODELING_FILE)
     tokenizer.save_pretrained(str(out_dir))
+    _make_tokenizer_config_portable(out_dir / "tokenizer_config.json")
     length = min(max_seq_length, config.max_position_embeddings)
     files = sentence_transformers_files(config, max_seq_length=length, prompt=prompt,
                                         query_instruction=query_instruction)
@@ -320,6 +331,18 @@ def _write_metadata(out_dir: Path, config: ModelConfig, tokenizer, dtype: str, p
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
     (out_dir / "README.md").write_text(_readme(config, prompt, query_instruction))
     log.info("exported %s (%s, %d layers, hidden %d)", out_dir, dtype, config.num_layers, config.hidden_size)
+
+
+def _make_tokenizer_config_portable(path: Path) -> None:
+    """tokenizer_config.json loadable by transformers 4.x and 5.x: a class name both know, and the list of extra
+    special tokens under 4.x's key (4.x reads `extra_special_tokens` as a name -> token dict)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        config.pop("extra_special_tokens")
+        config["additional_special_tokens"] = extra
+    _write_json(path, config)
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:

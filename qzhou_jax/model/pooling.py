@@ -8,10 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+from qzhou_jax.numerics import l2_normalize, matryoshka_truncate  # noqa: F401 (l2_normalize: re-exported)
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -54,7 +51,4 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, mode: str = "mean") -> ja
 
 def embed(hidden: jax.Array, attention_mask: jax.Array, mode: str = "mean", dim: int | None = None) -> jax.Array:
     """Pooled, optionally Matryoshka-truncated to `dim`, L2-normalised float32 embeddings."""
-    pooled = pool(hidden, attention_mask, mode)
-    if dim is not None:
-        pooled = pooled[..., :dim]
-    return l2_normalize(pooled)
+    return matryoshka_truncate(pool(hidden, attention_mask, mode), dim)

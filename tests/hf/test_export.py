@@ -1,7 +1,8 @@
 """Flax params -> HF / sentence-transformers directory: PyTorch and ST parity, sharding, round trips, the CLI."""
 import json
+import os
+import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -190,6 +191,39 @@ def test_sentence_transformers_files(exported):
     assert files[hf_export.PROMPT_FILE]["sep"] == ""
 
 
+def test_encode_query_applies_the_documented_default_prompt(encoder, st_model):
+    got, want = st_model.encode_query(TEXTS[:2]), encoder.encode(TEXTS[:2], hf_export.DEFAULT_QUERY_INSTRUCTION)
+    assert _cosine(got, want).min() >= 0.99999
+    assert _cosine(st_model.encode_document(TEXTS[:2]), encoder.encode(TEXTS[:2])).min() >= 0.99999
+
+
+def test_tokenizer_files_load_in_transformers_4_and_5(exported):
+    config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # 5.x writes "TokenizersBackend", unknown to 4.x
+    assert not isinstance(config.get("extra_special_tokens"), list)  # 4.x reads that key as a name -> token dict
+    sample = "Instruct: check\nQuery: 短文本 <|im_start|> 123"
+    want = load_tokenizer()(sample, add_special_tokens=False)["input_ids"]
+    for cls in (transformers.PreTrainedTokenizerFast, transformers.AutoTokenizer):
+        tok = cls.from_pretrained(str(exported))
+        assert tok(sample)["input_ids"] == want and tok.pad_token == "<|endoftext|>"
+    # A transformers 4.x install to try it in (e.g. pip install --target DIR transformers==4.57.1
+    # huggingface_hub==0.36.0 tokenizers==0.22.1 --no-deps): QZHOU_TRANSFORMERS4_PATH=DIR.
+    old = os.environ.get("QZHOU_TRANSFORMERS4_PATH")
+    if old:
+        code = ("import sys, json, transformers; assert transformers.__version__.startswith('4.'); "
+                "t = transformers.AutoTokenizer.from_pretrained(sys.argv[1]); "
+                "print(json.dumps(t(sys.argv[2])['input_ids']))")
+        result = subprocess.run([sys.executable, "-c", code, str(exported), sample], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": old}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == want
+
+
+def test_export_records_its_source(params, tmp_path):
+    out = export_hf(params, CONFIG, tmp_path / "m", dtype="float32", source={"workdir": "/w", "step": 3})
+    assert json.loads((out / hf_export.SOURCE_FILE).read_text()) == {"dtype": "float32", "workdir": "/w", "step": 3}
+
+
 # ------------------------------------------------------------------------------------------ weights and sharding
 
 
@@ -302,10 +336,13 @@ def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
         return params, CONFIG, {"prompt": {"query_template": "Do {instruction}:", "sep": " "},
                                 "config": {"model": {"tokenizer": "", "hf_dir": ""}}, "step": 7}
 
-    monkeypatch.setitem(sys.modules, "qzhou_jax.checkpoint", types.SimpleNamespace(restore_params=restore_params))
-    cli.main(["--workdir", "wd", "--step", "7", "--out", str(tmp_path / "out"), "--dtype", "float32",
+    from qzhou_jax import checkpoint
+
+    monkeypatch.setattr(checkpoint, "restore_params", restore_params)
+    (tmp_path / "wd" / "checkpoints").mkdir(parents=True)
+    cli.main(["--workdir", str(tmp_path / "wd"), "--step", "7", "--out", str(tmp_path / "out"), "--dtype", "float32",
               "--max-shard-size", "3e6"])
-    assert calls == [("wd", 7)]
+    assert calls == [(str(tmp_path / "wd"), 7)]
     assert (tmp_path / "out" / hf_export.INDEX_NAME).exists()
     reloaded = load_params(str(tmp_path / "out"), CONFIG)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), reloaded, params)
