@@ -43,7 +43,8 @@ class NonFiniteError(RuntimeError):
 # ====================================================================================================== setup
 def build_model_config(cfg) -> ModelConfig:
     m = cfg.model
-    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers")
+    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                   "attention_impl")
                  if m.get(k) is not None}
     if m.get("hf_dir"):
         return ModelConfig.from_hf(m.hf_dir, **overrides)
