@@ -31,6 +31,8 @@ import numpy as np
 
 PACKED_KEYS = ("packed_ids", "packed_segment_ids", "packed_segment_lengths", "packed_anchor_index",
                "packed_cand_index")
+PACKED_NDIMS = {"packed_ids": 2, "packed_segment_ids": 2, "packed_segment_lengths": 2, "packed_anchor_index": 1,
+                "packed_cand_index": 2}
 _PADDED_TOKEN_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask")
 ROW_RATIO = 2 ** 0.25
 
@@ -118,6 +120,18 @@ def padding_fraction(batch: Mapping[str, np.ndarray]) -> float:
     return float(1 - real / slots)
 
 
+def batch_keys(padded_keys, packed: bool) -> tuple[str, ...]:
+    """The device batch's keys: the padded layout's, or with its token arrays swapped for the packed ones."""
+    if not packed:
+        return tuple(padded_keys)
+    return tuple(k for k in padded_keys if k not in _PADDED_TOKEN_KEYS) + PACKED_KEYS
+
+
+def row_length(packing, spec) -> int:
+    """`data.packing` -> row length: True means the dataset's longest max length."""
+    return max(spec.max_len_query, spec.max_len_passage) if packing is True else int(packing)
+
+
 class PackingCollator:
     """Wraps a tokenize.Collator: its padded batch, packed. For the Grain batch function (thread-safe: pure)."""
 
@@ -131,3 +145,16 @@ class PackingCollator:
 
     def __call__(self, examples) -> dict[str, np.ndarray]:
         return pack_batch(self.collator(examples), self.row_length, self.row_multiple)
+
+
+def packed_collator(collator, packing, process_count: int = 1) -> PackingCollator:
+    """The pipeline's hook: `data.packing` on. Rows are a multiple of the local device count so they shard evenly.
+
+    Single host only for now: each host would pack its own rows, and the index maps would need offsetting by the
+    host's first row (and all hosts agreeing on R and S) before `to_global` stitches them.
+    """
+    if process_count > 1:
+        raise ValueError("data.packing is not supported with several processes yet; set data.packing=0")
+    import jax  # the device count only; the packing itself is pure NumPy
+
+    return PackingCollator(collator, row_length(packing, collator.spec), row_multiple=jax.local_device_count())
