@@ -137,9 +137,9 @@ def main(argv=None) -> None:
     for label, key, fmt in rows:
         print(f"{label:28s}{fmt.format(out['padded'][key]):>12s}{fmt.format(out['packed'][key]):>12s}")
     flag = "" if max(load_before, load_after) <= cores else "  (UNRELIABLE: cores oversubscribed)"
-    print(f"packed / padded tokens/s: {out['speedup']:.2f}x{flag}; host packing {out['pack_ms_per_batch']:.1f} ms/batch; "
-          f"max |loss packed - padded| {out['max_loss_diff']:.2e}; 1-min load average {load_before:.1f} before, "
-          f"{load_after:.1f} after on {cores} cores")
+    print(f"packed / padded tokens/s: {out['speedup']:.2f}x{flag}; host packing "
+          f"{out['pack_ms_per_batch']:.1f} ms/batch; max |loss packed - padded| {out['max_loss_diff']:.2e}; "
+          f"1-min load average {load_before:.1f} before, {load_after:.1f} after on {cores} cores")
     out.update(load_average=[load_before, load_after], cores=cores, args=vars(args))
     print(json.dumps(out))
 
