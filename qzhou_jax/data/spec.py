@@ -147,7 +147,7 @@ class DataConfig:
     prompt_sep: str = " "
     num_threads: int = 2
     prefetch_buffer_size: int = 4
-    packing: int = 0
+    packing: int | bool = 0
 
     @classmethod
     def from_config(cls, data: Any) -> "DataConfig":
