@@ -45,6 +45,7 @@ def get_config(arg="both"):
         datasets=retrieval_datasets(), alpha=0.5, eta=None, seed=0,
         batch_size=dict(retrieval=16, pair_score=32, classification=16),
         buckets=(16, 32, 64, 96), skip_invalid=False,
+        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
     )
     if arg == "stage1":
         return c

@@ -40,6 +40,7 @@ def get_config(arg="both"):
         datasets=retrieval, alpha=0.5, eta=None, seed=0,
         batch_size=dict(retrieval=32, pair_score=64, classification=32),
         buckets=(16, 32, 64, 128),
+        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
     )
     if arg == "stage1":
         return c

@@ -36,5 +36,6 @@ def get_config():
         alpha=0.5, eta=None, seed=0,
         batch_size=dict(retrieval=256, pair_score=768, classification=256),
         buckets=(64, 128, 256, 512, 1024, 1536),
+        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
     )
     return c

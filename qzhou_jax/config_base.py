@@ -19,6 +19,7 @@ def base():
         param_dtype="float32",  # master weights
         remat_policy="full",  # none | full | dots | dots_no_batch
         scan_layers=True,
+        attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
     ))
     c.init_from = ""  # stage 2: a stage-1 workdir (params only) or an HF dir
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from qzhou_jax import checkpoint, losses, optim, sharding
 from qzhou_jax import model as qmodel
-from qzhou_jax.data import global_batch, pipeline as data_pipeline
+from qzhou_jax.data import global_batch, packing, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.run_meta import prompt_config, run_metadata
@@ -44,7 +44,8 @@ class NonFiniteError(RuntimeError):
 # ====================================================================================================== setup
 def build_model_config(cfg) -> ModelConfig:
     m = cfg.model
-    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers")
+    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                   "attention_impl")
                  if m.get(k) is not None}
     if m.get("hf_dir"):
         return ModelConfig.from_hf(m.hf_dir, **overrides)
@@ -77,9 +78,10 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
     return init(jax.random.key(cfg.train.seed))
 
 
-def batch_shardings(mesh) -> dict:
-    ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2)
-    return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
+def batch_shardings(mesh, packed: bool = False) -> dict:
+    ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2,
+                 **packing.PACKED_NDIMS)
+    return {k: sharding.batch_sharding(mesh, ndims[k]) for k in packing.batch_keys(BATCH_KEYS, packed)}
 
 
 class _Preemption:
@@ -164,7 +166,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     # ---- one compiled step per task type
     loss_config = losses.loss_config_from(cfg.loss)
     rules = sharding.activation_rules(mesh, model_config)
-    b_shardings = batch_shardings(mesh)
+    b_shardings = batch_shardings(mesh, packed=bool(cfg.data.get("packing")))
     steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
                                 gradcache_chunks=cfg.train.gradcache_chunks, state_shardings=state_shardings,
                                 batch_shardings=b_shardings, metrics_sharding=sharding.replicated(mesh),
@@ -188,7 +190,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
         state, metrics = steps[task](state, batch)
         step += 1
-        window.append((task, dataset_id, metrics, batch["anchor_ids"].shape, batch["cand_ids"].shape))
+        shapes = [batch["packed_ids" if "packed_ids" in batch else k].shape for k in ("anchor_ids", "cand_ids")]
+        window.append((task, dataset_id, metrics, *shapes))
 
         if step % cfg.train.log_every == 0 or step == total_steps:
             jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done

@@ -41,8 +41,20 @@ def _embed(params, config: ModelConfig, ids, mask, dim=None):
     return qmodel.embed_tokens(params, config, ids, mask, dim)
 
 
+def embed_packed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Packed batch (data/packing.py keys): one forward over the packed rows, pooled per segment, gathered back to
+    anchors [B, E] and candidates [B, C, E] -- the same embeddings as the padded path."""
+    seg = batch["packed_segment_ids"]
+    hidden = qmodel.hidden_states(params, config, batch["packed_ids"], segment_ids=seg)
+    num_segments = batch["packed_segment_lengths"].shape[-1]
+    pick = lambda index: qmodel.embed_segments(hidden, seg, num_segments, index, config.pooling)  # noqa: E731
+    return pick(batch["packed_anchor_index"]), pick(batch["packed_cand_index"])
+
+
 def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Anchors [B, E] and candidates [B, C, E], L2-normalised float32."""
+    if "packed_ids" in batch:
+        return embed_packed_batch(params, config, batch)
     a = _embed(params, config, batch["anchor_ids"], batch["anchor_mask"])
     b, c, length = batch["cand_ids"].shape
     cands = _embed(params, config, batch["cand_ids"].reshape(b * c, length), batch["cand_mask"].reshape(b * c, length))
@@ -76,6 +88,9 @@ def _from_chunks(x: jax.Array) -> jax.Array:
 
 
 def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks: int):
+    if "packed_ids" in batch:
+        raise ValueError("data.packing does not support GradCache yet (train.gradcache_chunks > 1): packed rows mix "
+                         "texts of different examples, so they can't be chunked by example; turn one of them off")
     b, c, lc = batch["cand_ids"].shape
     if b % num_chunks:
         raise ValueError(f"batch size {b} is not divisible by gradcache chunks {num_chunks}")
@@ -118,6 +133,11 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
 # ------------------------------------------------------------------------------------------------ the step
 def count_tokens(batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Real (non-pad) tokens of the anchors and of the valid candidates."""
+    if "packed_ids" in batch:
+        lengths = batch["packed_segment_lengths"].reshape(-1)
+        tokens = lambda index: jnp.where(index >= 0, jnp.take(lengths, jnp.maximum(index, 0)), 0)  # noqa: E731
+        return tokens(batch["packed_anchor_index"]).sum(), (tokens(batch["packed_cand_index"])
+                                                           * batch["cand_valid"]).sum()
     cand = batch["cand_mask"].sum(-1) * batch["cand_valid"]
     return batch["anchor_mask"].sum(), cand.sum()
 
@@ -139,7 +159,7 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
         loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
         nonfinite_consecutive=consecutive, nonfinite_total=total,
         tokens=anchor_tokens + cand_tokens, anchor_tokens=anchor_tokens, cand_tokens=cand_tokens,
-        examples=jnp.asarray(batch["anchor_ids"].shape[0]))
+        examples=jnp.asarray(batch["cand_valid"].shape[0]))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from qzhou_jax.data import adapters, mixture, shared_data, sources
+from qzhou_jax.data import adapters, mixture, packing, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -185,6 +185,8 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             symmetric=d.spec.prompts_candidates, instruction=d.spec.instruction, prompt_sep=config.prompt_sep,
             label_ids=info.label_vocabularies[i])
         batch_fn = text_batch if tokenizer is None else Collator(tokenizer, spec, config.buckets)
+        if config.packing and tokenizer is not None:  # data/packing.py: packed rows with segment ids
+            batch_fn = packing.packed_collator(batch_fn, config.packing, process_count)
         streams.append(mixture.dataset_stream(
             len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
             host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),

@@ -11,6 +11,8 @@ config.data fields (defaults in brackets):
   skip_invalid      count and skip malformed rows instead of raising [False]
   prompt_sep        text between "Query:" and the text [" "]
   num_threads       Grain read threads [2];  prefetch_buffer_size  Grain prefetch depth [4]
+  packing           0: off; N: pack each batch's texts into rows of N tokens (data/packing.py); True: N = the
+                    dataset's longest max_len [0]
   defaults          dict of dataset fields applied to every dataset unless it sets them [{}]
 
 Dataset dict fields:
@@ -148,6 +150,7 @@ class DataConfig:
     prompt_sep: str = " "
     num_threads: int = 2
     prefetch_buffer_size: int = 4
+    packing: int | bool = 0
 
     @classmethod
     def from_config(cls, data: Any) -> "DataConfig":

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from qzhou_jax.model.config import PRESETS, ModelConfig, preset
-from qzhou_jax.model.pooling import embed, l2_normalize, mean_pool, last_token_pool, segment_mean_pool
+from qzhou_jax.model.pooling import (embed, embed_segments, l2_normalize, mean_pool, last_token_pool,
+                                     segment_mean_pool)
 from qzhou_jax.model.qwen2 import Qwen2Encoder
 
 
@@ -37,5 +38,5 @@ def embed_tokens(params, config: ModelConfig, input_ids, attention_mask, dim: in
 
 
 __all__ = ["ModelConfig", "PRESETS", "preset", "Qwen2Encoder", "init_params", "abstract_params",
-           "hidden_states", "embed_tokens", "embed", "l2_normalize", "mean_pool", "last_token_pool",
+           "hidden_states", "embed_tokens", "embed", "embed_segments", "l2_normalize", "mean_pool", "last_token_pool",
            "segment_mean_pool"]

@@ -14,6 +14,7 @@ from typing import Any
 ATTENTION_MODES = ("bidirectional", "causal")
 POOLING_MODES = ("mean", "last")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +39,16 @@ class ModelConfig:
     dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    # Attention kernel (model/attention.py): auto | xla | cudnn | splash; auto picks by platform.
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.num_heads % self.num_kv_heads:

@@ -1,10 +1,11 @@
-"""Attention masks and positions for the encoder.
+"""Segment ids and positions for the encoder.
 
 Everything is expressed through segment ids: 0 marks padding, tokens with the same positive id belong to one text.
 An unpacked batch is the special case `segment_ids = attention_mask`. A token attends to the tokens of its own
 segment: all of them (`bidirectional`, the embedding default of RECIPE section 1) or those at or before it (`causal`,
-the stock LLM). Positions restart at 0 at each segment's first token, so left and right padding give the same
-rotary positions and packed texts look exactly as they would alone.
+the stock LLM); attention.py turns segment ids into whatever mask form each kernel takes. Positions restart at 0 at
+each segment's first token, so left and right padding give the same rotary positions and packed texts look exactly
+as they would alone.
 """
 from __future__ import annotations
 
@@ -24,19 +25,3 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     starts = jnp.where(segment_ids != previous, index, 0)
     first_of_segment = jax.lax.cummax(starts, axis=segment_ids.ndim - 1)
     return jnp.where(segment_ids > 0, index - first_of_segment, 0)
-
-
-def attention_mask_4d(segment_ids: jax.Array, mode: str = "bidirectional") -> jax.Array:
-    """Boolean [B, 1, L, L] mask: query q may attend to key k.
-
-    Padding keys are never attended. Padding queries attend to nothing; the attention code keeps them finite and
-    pooling ignores them.
-    """
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    mask = same & (segment_ids[:, None, :] > 0)
-    if mode == "causal":
-        length = segment_ids.shape[-1]
-        mask = mask & jnp.tril(jnp.ones((length, length), dtype=bool))[None]
-    elif mode != "bidirectional":
-        raise ValueError(f"unknown attention mode {mode!r}")
-    return mask[:, None, :, :]

@@ -41,6 +41,24 @@ def segment_last_token_pool(hidden: jax.Array, segment_ids: jax.Array, num_segme
     return jnp.take_along_axis(hidden, index[..., None], axis=1).astype(jnp.float32)
 
 
+def embed_segments(hidden: jax.Array, segment_ids: jax.Array, num_segments: int, index: jax.Array,
+                   mode: str = "mean", dim: int | None = None) -> jax.Array:
+    """Packed rows -> embeddings of the texts `index` points at, as `embed` gives for each text alone.
+
+    hidden [R, T, D], segment ids [R, T] (1..num_segments per row), index int [...] into the flat [R * S] segments
+    (row * S + segment - 1; -1 for an empty text, whose embedding is 0 as the padded path's). -> [..., D].
+    """
+    pooler = {"mean": segment_mean_pool, "last": segment_last_token_pool}.get(mode)
+    if pooler is None:
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    pooled = pooler(hidden, segment_ids, num_segments)
+    pooled = pooled.reshape(-1, pooled.shape[-1])
+    if dim is not None:
+        pooled = pooled[..., :dim]
+    picked = jnp.take(pooled, jnp.maximum(index, 0), axis=0)
+    return l2_normalize(jnp.where((index >= 0)[..., None], picked, 0.0))
+
+
 def pool(hidden: jax.Array, attention_mask: jax.Array, mode: str = "mean") -> jax.Array:
     if mode == "mean":
         return mean_pool(hidden, attention_mask)

@@ -1,8 +1,9 @@
 """Qwen2 / Qwen2.5 decoder stack in Flax (linen), used as a text encoder.
 
 Numerically the same network as transformers' `Qwen2Model`: token embedding, RoPE, grouped-query attention with
-biases on q/k/v only, RMSNorm, SwiGLU MLP, final norm. What QZhou changes is only the mask (masks.py): bidirectional
-by default, causal on request, always combined with padding and optional packing segments.
+biases on q/k/v only, RMSNorm, SwiGLU MLP, final norm. What QZhou changes is only the mask: bidirectional by default,
+causal on request, always combined with padding and optional packing segments, passed to attention as segment ids
+(attention.py dispatches to the xla / cudnn / splash kernel; no [B, 1, L, L] array is built at model entry).
 
 Every weight carries logical axis names (vocab, embed, heads, kv_heads, head_dim, mlp, layers) and the main
 activations are constrained by name (batch, length, embed, ...), so sharding.py maps them onto any mesh by rules.
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from qzhou_jax.model import masks
+from qzhou_jax.model import attention, masks
 from qzhou_jax.model.config import ModelConfig
 
 _REMAT_POLICIES = {
@@ -97,7 +98,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, mask, positions):
+    def __call__(self, x, segment_ids, positions):
         cfg = self.config
         hd, h, kv = cfg.head_size, cfg.num_heads, cfg.num_kv_heads
         q = Projection(cfg, (h, hd), ("embed", "heads", "head_dim"), use_bias=True, name="q_proj")(x)
@@ -107,14 +108,7 @@ class Attention(nn.Module):
         k = _constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        # Grouped-query attention without repeating K/V: query heads are viewed as [kv_heads, group].
-        b, length = q.shape[:2]
-        q = q.reshape(b, length, kv, h // kv, hd)
-        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(hd)
-        # A finite floor (not -inf) keeps fully masked padding rows finite; their outputs are never pooled.
-        logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, h, hd)
+        out = attention.attention(q, k, v, segment_ids, causal=cfg.attention == "causal", impl=cfg.attention_impl)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         return Projection(cfg, (cfg.hidden_size,), ("heads", "head_dim", "embed"), in_axes=2, name="o_proj")(out)
 
@@ -135,9 +129,9 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, mask, positions):
+    def __call__(self, x, segment_ids, positions):
         cfg = self.config
-        x = x + Attention(cfg, name="self_attn")(RMSNorm(cfg, name="input_layernorm")(x), mask, positions)
+        x = x + Attention(cfg, name="self_attn")(RMSNorm(cfg, name="input_layernorm")(x), segment_ids, positions)
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
         x = _constrain(x, ("batch", "length", "embed"))
         if self.config.scan_layers:
@@ -157,7 +151,6 @@ class Qwen2Encoder(nn.Module):
                 attention_mask = jnp.ones(input_ids.shape, jnp.int32)
             segment_ids = masks.segment_ids_from_mask(attention_mask)
         positions = masks.positions_from_segments(segment_ids)
-        mask = masks.attention_mask_4d(segment_ids, cfg.attention)
 
         embedding = self.param(
             "embedding", nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
@@ -174,8 +167,8 @@ class Qwen2Encoder(nn.Module):
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(cfg, name="layers")(x, mask, positions)
+            x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
         else:
             for i in range(cfg.num_layers):
-                x = layer_cls(cfg, name=f"layers_{i}")(x, mask, positions)
+                x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
         return RMSNorm(cfg, name="norm")(x)
