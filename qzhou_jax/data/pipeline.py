@@ -185,6 +185,6 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
             host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),
             process_index=process_index, process_count=process_count, batch_fn=batch_fn))
-    mixed = mixture.StepMixture(streams, info.probabilities, seed)
+    mixed = mixture.step_mixture(streams, info.probabilities, seed)
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_buffer_size)
     return mixed.to_iter_dataset(read_options), info
