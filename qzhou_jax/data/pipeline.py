@@ -153,6 +153,8 @@ def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "labels": np.array([e["labels"] for e in examples], dtype=np.int32),
         "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
         "position": np.array([e["position"] for e in examples], dtype=np.int64),
+        "anchor_hash": np.array([e["anchor_hash"] for e in examples], dtype=np.int32),
+        "cand_hash": np.array([e["cand_hash"] for e in examples], dtype=np.int32),
     }
 
 
