@@ -4,8 +4,9 @@
     it = iter(dataset)            # grain DatasetIterator; it.get_state() / it.set_state(state) resume exactly
     batch = next(it)              # numpy dict in the layout of tokenize.py, one dataset per batch
 
-Loading reads every dataset into memory as samples (`load_datasets`); sizes n_i count the samples the stream
-draws from (after one-sample-per-positive expansion and both_directions). With `tokenizer=None` the pipeline
+Loading reads every dataset into memory as samples (`load_datasets`), or opens a prepared one lazily
+(`prepared:` sources). Sizes n_i, which set the sampling probabilities, count the dataset's own samples: one per
+(query, positive) pair, one per scored pair -- not the (b, a) copies that both_directions adds to the stream. With `tokenizer=None` the pipeline
 yields text batches (anchor / candidates strings, sample positions) instead of token arrays, for sampling
 checks and inspection without a tokenizer.
 """
@@ -92,7 +93,14 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
 @dataclasses.dataclass
 class LoadedDataset:
     spec: DatasetSpec
-    samples: list
+    samples: Sequence  # what the stream draws from (both_directions copies included)
+
+    @property
+    def size(self) -> int:
+        """n_i for sampling: the dataset's own samples, without the both_directions copies."""
+        if self.spec.task == PAIR_SCORE and self.spec.both_directions:
+            return len(self.samples) // 2
+        return len(self.samples)
 
 
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
@@ -129,7 +137,7 @@ def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counte
     if datasets is None:
         datasets, counter = load_datasets(config, counter)
     tasks = [d.spec.task for d in datasets]
-    sizes = [len(d.samples) for d in datasets]
+    sizes = [d.size for d in datasets]
     p = mixture.sampling_probabilities(sizes, tasks, config.alpha, config.eta, [d.spec.weight for d in datasets])
     for task in set(tasks):
         if task not in config.batch_size:

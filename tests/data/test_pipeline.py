@@ -54,8 +54,8 @@ def config(files, **overrides):
 def test_info_sizes_and_probabilities(files):
     info = mixture_info(config(files))
     assert info.names == ["ret", "sts", "cls"] and info.tasks == ["retrieval", "pair_score", "classification"]
-    assert info.sizes == [60, 60, 45]  # one sample per positive; pairs in both directions
-    mass = np.sqrt([60, 60, 45])
+    assert info.sizes == [60, 30, 45]  # one sample per positive; own pairs, not the both_directions copies
+    mass = np.sqrt([60, 30, 45])
     np.testing.assert_allclose(info.probabilities, mass / mass.sum())
     assert info.num_candidates == [3, 1, 4] and info.label_vocabularies[2] == {"a": 0, "b": 1, "c": 2}
     assert "ret" in info.table()
