@@ -221,5 +221,5 @@ def test_beir_and_hf_disk_sources(tmp_path, write_jsonl, tokenizer):
     assert len(beir.samples) == 6 and beir.samples[0].query == "query 0" and beir.samples[0].positive == "doc 0"
     assert [s.score for s in nli.samples[:6]] == [2.0, 2.0, 1.0, 1.0, 0.0, 0.0]
     dataset, info = build_pipeline(cfg, tokenizer, process_index=0, process_count=1)
-    np.testing.assert_allclose(info.probabilities, [6 / 24, 18 / 24])
+    np.testing.assert_allclose(info.probabilities, [6 / 15, 9 / 15])  # n_i: 9 own NLI pairs, not 18
     assert next(iter(dataset))["anchor_ids"].shape[0] == 2
