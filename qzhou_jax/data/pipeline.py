@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from qzhou_jax.data import adapters, mixture, shared_data, sources
+from qzhou_jax.data import adapters, hub, mixture, prepared, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -51,6 +51,8 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
         rows = sources.read_parquet(path)
     elif spec.kind == "hf_disk":
         rows = sources.read_hf_disk(path, spec.split)
+    elif spec.kind == "hub":
+        rows = hub.read_rows(spec.location, invalid)
     elif spec.kind == "tfds":
         rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and _expand(spec.data_dir))
     else:
@@ -63,21 +65,47 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
     return adapters.samples_from_rows(rows, transform, spec.fields, options, invalid)
 
 
-def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
-    """read_samples + max_examples + both_directions + dropping single-text classification labels.
+def _subset_indices(spec: DatasetSpec, n: int, seed: int) -> np.ndarray | None:
+    """max_examples: a seeded random subset in file order (files sorted by label or topic would otherwise give a
+    one-label slice); depends on (seed, dataset name) only, so hosts agree."""
+    if spec.max_examples is None or n <= spec.max_examples:
+        return None
+    rng = np.random.default_rng([seed, *spec.name.encode()])
+    return np.sort(rng.choice(n, size=spec.max_examples, replace=False))
 
-    max_examples keeps a seeded random subset (file order preserved): files sorted by label or topic would
-    otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
-    """
+
+def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
+    """A prepared dataset as a lazy sequence (max_examples / both_directions as views; nothing is read)."""
+    samples = prepared.PreparedSamples(_expand(spec.location))
+    if samples.task != spec.task:
+        raise ValueError(f"{spec.name}: {spec.location} holds {samples.task!r} samples, task is {spec.task!r}")
+    if (keep := _subset_indices(spec, len(samples), seed)) is not None:
+        if spec.task == CLASSIFICATION:  # drop labels our own subsampling left with one text (counted)
+            labels = np.asarray(samples.labels)[keep]
+            values, counts = np.unique(labels, return_counts=True)
+            for label in values[counts < 2]:
+                counter.skip(spec.name, "label left with a single text by max_examples", f"{spec.source} {label!r}")
+            keep = keep[~np.isin(labels, values[counts < 2])]
+        samples = prepared.Subset(samples, keep)
+    if spec.task == PAIR_SCORE and spec.both_directions:
+        samples = prepared.BothDirections(samples)
+    if not len(samples):
+        raise ValueError(f"{spec.name} ({spec.source}): no samples")
+    return samples
+
+
+def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
+    """read_samples + max_examples + both_directions + dropping single-text classification labels
+    (a `prepared:` source: `load_prepared`, lazily)."""
+    if spec.kind == "prepared":
+        return load_prepared(spec, counter, seed)
     samples = read_samples(spec, counter)
     if spec.task == CLASSIFICATION:  # in the file itself a label with one text is bad input
         for label in LabelIndex(samples).singleton_labels():
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
                                                               f"can be drawn for it"))
             samples = [s for s in samples if s.label != label]
-    if spec.max_examples is not None and len(samples) > spec.max_examples:
-        rng = np.random.default_rng([seed, *spec.name.encode()])
-        keep = np.sort(rng.choice(len(samples), size=spec.max_examples, replace=False))
+    if (keep := _subset_indices(spec, len(samples), seed)) is not None:
         samples = [samples[i] for i in keep]
         if spec.task == CLASSIFICATION:  # ...but after our own subsampling it is expected: counted and dropped
             for label in LabelIndex(samples).singleton_labels():

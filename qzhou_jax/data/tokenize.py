@@ -61,7 +61,8 @@ class TokenizeSpec:
 
 def label_vocabulary(samples) -> dict[str, int]:
     """Sorted label names -> ids (0..K-1); stable across hosts and runs."""
-    return {label: i for i, label in enumerate(sorted({s.label for s in samples}))}
+    known = getattr(samples, "labels", None)  # prepared datasets: no record reads
+    return {label: i for i, label in enumerate(sorted(set(known) if known is not None else {s.label for s in samples}))}
 
 
 class ExampleBuilder:

@@ -147,7 +147,8 @@ class LabelIndex:
     """Positions of each label's texts, for drawing same-label positives and other-label negatives in O(k)."""
 
     def __init__(self, samples: Sequence[ClassificationSample]):
-        labels = np.array([s.label for s in samples], dtype=object)
+        known = getattr(samples, "labels", None)  # prepared datasets know their labels without reading records
+        labels = np.array([s.label for s in samples] if known is None else list(known), dtype=object)
         self.size = len(samples)
         self.members: dict[str, np.ndarray] = {}
         for position, label in enumerate(labels):
