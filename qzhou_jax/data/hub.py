@@ -1,6 +1,7 @@
 """`hub:` sources: files of a Hugging Face dataset repository, fetched with `huggingface_hub` (prepare time only).
 
     source = "hub:Shitao/bge-m3-data:**/msmarco_len-*.jsonl"     repo id, then a glob over the repo's file paths
+    source = "hub:Shitao/bge-m3-data:**/*.jsonl!**/msmarco_*!**/nq_*"   "!glob" excludes matches
 
 The glob is matched against `list_repo_files(repo, repo_type="dataset")`, every match is downloaded once into the
 Hugging Face cache (`hf_hub_download`, resumable, honours HF_TOKEN / HF_HUB_OFFLINE / HF_ENDPOINT), and the local
@@ -36,11 +37,15 @@ def download(repo: str, filename: str) -> str:
     return huggingface_hub.hf_hub_download(repo, filename, repo_type="dataset")
 
 
+def _match(path: str, pattern: str) -> bool:  # fnmatch's * crosses "/"; "**/x" also matches a top-level x
+    return fnmatch.fnmatch(path, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(path, pattern[3:]))
+
+
 def matching_files(location: str) -> list[str]:
-    repo, pattern = parse(location)
+    repo, spec = parse(location)
+    pattern, *excludes = spec.split("!")
     files = list_repo_files(repo)
-    matches = sorted(f for f in files if fnmatch.fnmatch(f, pattern)
-                     or (pattern.startswith("**/") and fnmatch.fnmatch(f, pattern[3:])))
+    matches = sorted(f for f in files if _match(f, pattern) and not any(_match(f, x) for x in excludes))
     if not matches:
         shown = ", ".join(sorted(files)[:20])
         raise FileNotFoundError(f"hub:{location}: no file of dataset repo {repo} matches {pattern!r}; "
