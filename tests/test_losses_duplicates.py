@@ -175,3 +175,24 @@ def test_hashes_must_come_in_pairs_with_the_right_shapes():
     with pytest.raises(ValueError, match="cand_hash"):
         losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), anchor_hash=jnp.asarray(ah),
                          cand_hash=jnp.asarray(ch[:, :1]))
+
+
+def test_trecqa_batches_carry_duplicate_queries_that_the_loss_masks():
+    """shared:trecqa repeats its 83 questions over 348 samples: a pipeline batch holds repeated queries, whose
+    hashes reach the loss and drop those terms (embeddings: one vector per distinct text)."""
+    from qzhou_jax.data.pipeline import build_pipeline
+    from qzhou_jax.data.shared_data import data_dir
+
+    if not (data_dir() / "trecqa_wang").is_dir():
+        pytest.skip(f"shared data folder {data_dir()} absent")
+    config = dict(datasets=[dict(name="trecqa", source="shared:trecqa", num_negatives=1)],
+                  batch_size=dict(retrieval=32))
+    batch = next(iter(build_pipeline(config, None, process_index=0, process_count=1)[0]))
+    assert len(set(batch["anchor"])) < 32  # real duplicates in one batch
+    texts = batch["anchor"] + [t for row in batch["candidates"] for t in row]
+    emb = embed(texts)
+    a, c = emb[:32], emb[32:].reshape(32, 2, E)
+    loss, metrics = losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), jnp.asarray(batch["cand_valid"]),
+                                     anchor_hash=jnp.asarray(batch["anchor_hash"]),
+                                     cand_hash=jnp.asarray(batch["cand_hash"]))
+    assert float(metrics["masked_duplicates"]) > 0 and np.isfinite(float(loss))

@@ -194,10 +194,10 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     return manifest
 
 
-def _prepare_one(args) -> dict[str, Any]:  # module-level: runs in a worker process
+def _prepare_one(args, log: Callable[[str], None] = print) -> dict[str, Any]:  # module-level: runs in workers
     spec_fields, out, seed, skip_invalid, records_per_shard = args
     return prepare_dataset(DatasetSpec(**spec_fields), Path(out), seed=seed, skip_invalid=skip_invalid,
-                           records_per_shard=records_per_shard)
+                           records_per_shard=records_per_shard, log=log)
 
 
 def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
@@ -223,7 +223,7 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     else:
         results = {}
         for i, job in enumerate(jobs):
-            manifest = _prepare_one(job)
+            manifest = _prepare_one(job, log)
             results[manifest["name"]] = manifest
             log(f"[{i + 1}/{len(jobs)} datasets] {manifest['name']} done ({time.time() - t0:.0f}s)")
     folders = [out / s.name for s in config.datasets]
