@@ -2,7 +2,6 @@
 configs/stage1.py:paper / stage2.py:paper train from the prepared folders."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from qzhou_jax.data import hub, paper_mix

@@ -190,3 +190,19 @@ def test_hub_source_prepared_from_a_local_copy_of_the_repo_layout(tmp_path, writ
     assert samples[0].query == "q0" and samples[0].negatives == ("n0", "m0") and samples[7].query == "long q2"
     with pytest.raises(FileNotFoundError, match="no file of dataset repo"):
         hub.matching_files("Shitao/bge-m3-data:**/dureader*.jsonl")
+
+
+def test_parallel_workers_and_host_shards_give_the_serial_result(tmp_path, write_jsonl):
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    serial = prepare(config, tmp_path / "serial", records_per_shard=16, log=lambda _: None)
+    parallel = prepare(config, tmp_path / "parallel", records_per_shard=16, workers=2, log=lambda _: None)
+    first = prepare(config, tmp_path / "hosts", records_per_shard=16, shard=(0, 2), log=lambda _: None)
+    assert sorted(first) == ["cls", "ret"] and not (tmp_path / "hosts" / "manifest.json").exists()
+    second = prepare(config, tmp_path / "hosts", records_per_shard=16, shard=(1, 2), log=lambda _: None)
+    assert sorted(second) == ["sts"] and (tmp_path / "hosts" / "manifest.json").exists()  # the last host indexes
+    for name, m in serial.items():
+        other = {**parallel, **first, **second}[name]
+        assert other["samples_sha256"] == m["samples_sha256"] and other["shards"] == m["shards"]
+        for shard in m["shards"]:
+            assert (tmp_path / "parallel" / name / shard).read_bytes() == (tmp_path / "serial" / name / shard).read_bytes()
