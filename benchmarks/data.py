@@ -31,13 +31,32 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import in_fresh_process, peak_rss_mb  # noqa: E402
+from benchmarks.common import in_fresh_process  # noqa: E402
 
 WORDS = np.array(("the model encodes every sentence into one vector while contrastive training pulls related texts "
                   "together and pushes unrelated ones apart across many tasks languages and domains query passage "
                   "answer question retrieval document embedding search relevant evidence claim").split())
 # v5p: 459 TFLOP/s bf16 per chip (Cloud TPU spec); v5p-128 = 64 chips on 16 hosts; 7.6e9 params (Qwen2.5-7B).
 V5P_PEAK, V5P_128_CHIPS, V5P_128_HOSTS, MFU, PARAMS = 459e12, 64, 16, 0.5, 7.6e9
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: this process's peak RSS since exec. (getrusage's ru_maxrss survives exec, so a spawned child would
+    report its large parent's resident set.)"""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def prepare_timed(source: str, out: str) -> float:
+    """Fresh process: prepare one dataset from scratch; seconds."""
+    import shutil
+
+    from qzhou_jax.data.prepare import prepare
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    prepare(data_config(source), out, log=lambda _: None)
+    return time.perf_counter() - t0
 
 
 def write_rows(path: Path, n: int, words: tuple[int, int], query_words: tuple[int, int], seed: int = 0) -> None:
@@ -73,7 +92,7 @@ def start_up(source: str) -> dict:
     t0 = time.perf_counter()
     dataset, info = build_pipeline(data_config(source), None, process_index=0, process_count=1)
     next(iter(dataset))
-    return {"start_up_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base,
+    return {"start_up_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": base,
             "n": info.sizes[0]}
 
 
@@ -105,8 +124,6 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
-    from qzhou_jax.data.prepare import prepare
-
     work = Path(args.workdir or tempfile.mkdtemp(prefix="qzhou_data_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     result = {"scale": [], "cores": len(os.sched_getaffinity(0))}
@@ -115,9 +132,7 @@ def main(argv=None) -> None:
         if not rows.exists():
             write_rows(rows, n, (4, 20), (4, 12))
         out = work / f"prepared_{n}"
-        t0 = time.perf_counter()
-        prepare(data_config(f"jsonl:{rows}"), out, log=lambda _: None)
-        prep_s = time.perf_counter() - t0
+        prep_s = in_fresh_process(prepare_timed, f"jsonl:{rows}", str(out))
         row = {"n": n, "prepare_s": prep_s, "prepare_samples_per_s": n / prep_s,
                "prepared": in_fresh_process(start_up, f"prepared:{out}/synthetic")}
         if n <= args.memory_max:
@@ -131,7 +146,7 @@ def main(argv=None) -> None:
     rows = work / f"stage1_rows_{args.throughput_samples}.jsonl"
     if not rows.exists():
         write_rows(rows, args.throughput_samples, (40, 400), (8, 40), seed=1)
-    prepare(data_config(f"jsonl:{rows}"), work / "stage1", log=lambda _: None)
+    in_fresh_process(prepare_timed, f"jsonl:{rows}", str(work / "stage1"))
     host = in_fresh_process(throughput, f"prepared:{work}/stage1/synthetic", args.batches, args.threads)
     slice_tokens_per_s = V5P_128_CHIPS * V5P_PEAK * MFU / (8 * PARAMS)
     need = {"slice_tokens_per_s": slice_tokens_per_s, "per_host_tokens_per_s": slice_tokens_per_s / V5P_128_HOSTS,
