@@ -150,8 +150,8 @@ def main(argv=None) -> None:
     host = in_fresh_process(throughput, f"prepared:{work}/stage1/synthetic", args.batches, args.threads)
     slice_tokens_per_s = V5P_128_CHIPS * V5P_PEAK * MFU / (8 * PARAMS)
     need = {"slice_tokens_per_s": slice_tokens_per_s, "per_host_tokens_per_s": slice_tokens_per_s / V5P_128_HOSTS,
-            "per_host_batches_per_s": slice_tokens_per_s / V5P_128_HOSTS / (host["padded_tokens_per_batch"]
-                                                                            / V5P_128_HOSTS)}
+            # global batches/s the slice steps through at these batches' padded size
+            "slice_global_batches_per_s": slice_tokens_per_s / host["padded_tokens_per_batch"]}
     result.update(throughput=host, v5p_128_need=need)
 
     first, last = result["scale"][0], result["scale"][-1]
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
     print(f"| host batches/s at stage-1 shapes (256 x (1+4), {args.threads} threads) | {host['batches_per_s']:.2f} |")
     print(f"| host padded / real tokens/s | {host['padded_tokens_per_s']:,.0f} / {host['real_tokens_per_s']:,.0f} |")
     print(f"| v5p-128 step consumes, padded tokens/s: slice / per host | {need['slice_tokens_per_s']:,.0f} / "
-          f"{need['per_host_tokens_per_s']:,.0f} |")
+          f"{need['per_host_tokens_per_s']:,.0f} ({need['slice_global_batches_per_s']:.2f} global batches/s) |")
     print(f"| measured host rate / per-host need | {host['padded_tokens_per_s'] / need['per_host_tokens_per_s']:.1f}x |")
     print(json.dumps(result))
 
