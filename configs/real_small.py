@@ -50,7 +50,7 @@ def get_config(arg="both"):
     c2.eval.every = 250
     c2.checkpoint.every = 125
     c2.data.datasets = (retrieval + presets.pair_score(max_len=48, chinese=False)
-                        + presets.classification(max_len=48, num_negatives=1))
+                        + presets.classification(max_len=48, num_negatives=1, chinese=False))
     c2.data.eta = 0.72
     if arg == "stage2":
         return c2

@@ -7,6 +7,13 @@ All three task types share one batch layout (the GLOBAL batch, embeddings alread
   score      [B]        pair-score gold scores (CoSENT)
   labels     [B, 1 + C] classification labels: the anchor's, then each candidate's
 
+Duplicate masks (optional `anchor_hash` [B] / `cand_hash` [B, C] int32, hashes of the normalised texts computed by
+the data pipeline): a negative term is dropped when its text is identical to row i's anchor or positive, or when
+it is a (query, positive) partner of such a text: q_j / d_j+ whose pair partner d_j+ / q_j is identical to q_i or
+d_i+ (a duplicated query's positive is a positive, not a negative). CoSENT drops the terms between two pairs of
+identical texts (either order); classification drops anchors and negatives identical to the anchor or its
+positive. Without hashes nothing changes. `masked_duplicates` counts the terms so dropped in the batch.
+
 Because every similarity is taken over the whole global batch, calling these inside `jit` on batch-sharded
 arrays makes in-batch negatives cross devices with no explicit collective.
 
@@ -111,6 +118,27 @@ def _sim(x: Array, y: Array) -> Array:
     return jnp.einsum("ne,me->nm", x, y, precision=_HIGHEST, preferred_element_type=jnp.float32)
 
 
+def _dup_masks(ah: Array, ch: Array) -> tuple[Array, Array]:
+    """Retrieval duplicate masks: (query columns [B, B], document columns [B, B*C]); True = not a negative."""
+    ah = ah.astype(jnp.int32)
+    ch = ch.astype(jnp.int32)
+    b, n_cand = ch.shape
+    rows = jnp.stack([ah, ch[:, 0]], axis=1)  # [B, 2]: q_i, d_i+
+
+    def hits(col_hashes):  # [M] -> [B, M]: the column equals q_i or d_i+
+        return jnp.any(rows[:, :, None] == col_hashes[None, None, :], axis=1)
+
+    ah_cols, ch_cols = _all_gathered(ah), _all_gathered(ch)
+    dup_q = hits(ah_cols) | hits(ch_cols[:, 0])  # q_j, or its partner d_j+
+    partner = jnp.repeat(hits(ah_cols), n_cand, axis=1) & jnp.tile(jnp.arange(n_cand) == 0, b)[None, :]
+    dup_doc = hits(ch_cols.reshape(-1)) | partner  # the document, or (for d_j+) its partner q_j
+    return dup_q, dup_doc
+
+
+def _count_masked(blocks: Sequence[tuple[Array, Array]], dups: Sequence[Array | None]) -> Array:
+    return sum(jnp.sum(keep & dup) for (_, keep), dup in zip(blocks, dups) if dup is not None).astype(jnp.float32)
+
+
 def _infonce(pos: Array, blocks: Sequence[tuple[Array, Array]], tau: float) -> tuple[Array, dict]:
     """-mean_i log(e^{pos_i/tau} / (e^{pos_i/tau} + sum of e^{s/tau} over unmasked negatives)).
 
@@ -129,7 +157,7 @@ def _infonce(pos: Array, blocks: Sequence[tuple[Array, Array]], tau: float) -> t
 
 
 def _retrieval(a, c, cand_valid, *, tau, hard_negatives, in_batch_docs, query_query, doc_query, doc_doc,
-               false_negative_margin):
+               false_negative_margin, anchor_hash=None, cand_hash=None):
     cand_valid = _check_layout(a, c, cand_valid)
     q = a.astype(jnp.float32)
     c = c.astype(jnp.float32)
@@ -147,18 +175,30 @@ def _retrieval(a, c, cand_valid, *, tau, hard_negatives, in_batch_docs, query_qu
     pos = jnp.sum(jnp.where(is_pos, s_qd, 0.0), axis=1)  # same numbers as in the matrix (same matmul)
 
     qd_keep = docs_valid[None, :] & ~is_pos & ((own & hard_negatives) | (~own & in_batch_docs))
-    blocks = [(s_qd, qd_keep)]
+    blocks, kinds = [(s_qd, qd_keep)], ["doc"]
     if query_query:
         blocks.append((_sim(q, q_cols), ~eye))
+        kinds.append("query")
     if doc_query:
         blocks.append((_sim(d_pos, q_cols), ~eye))
+        kinds.append("query")
     if doc_doc:
         blocks.append((_sim(d_pos, docs), docs_valid[None, :] & ~is_pos))
+        kinds.append("doc")
+    masked = None
+    if anchor_hash is not None and cand_hash is not None:
+        dup_q, dup_doc = _dup_masks(anchor_hash, cand_hash)
+        dups = [dup_q if kind == "query" else dup_doc for kind in kinds]
+        masked = _count_masked(blocks, dups)
+        blocks = [(s, keep & ~dup) for (s, keep), dup in zip(blocks, dups)]
     if false_negative_margin is not None:
         # A "negative" scoring above the positive by more than the margin is likely an unlabelled positive.
         limit = (pos + false_negative_margin)[:, None]
         blocks = [(s, keep & (s <= limit)) for s, keep in blocks]
-    return _infonce(pos, blocks, tau)
+    loss, metrics = _infonce(pos, blocks, tau)
+    if masked is not None:
+        metrics["masked_duplicates"] = masked
+    return loss, metrics
 
 
 def retrieval_infonce(a: Array, c: Array, cand_valid: Array | None, *, tau: float = 0.02,
@@ -182,7 +222,7 @@ def retrieval_infonce(a: Array, c: Array, cand_valid: Array | None, *, tau: floa
     return loss
 
 
-def _cosent(a, b, score, *, tau):
+def _cosent(a, b, score, *, tau, anchor_hash=None, cand_hash=None):
     _check(a.ndim == 2 and b.shape == a.shape, f"CoSENT needs a and b both [B, E], got {a.shape} and {b.shape}")
     _check(score.shape == a.shape[:1], f"CoSENT `score` must be [B] = {a.shape[:1]}, got {score.shape}")
     s = jnp.einsum("be,be->b", a.astype(jnp.float32), b.astype(jnp.float32), precision=_HIGHEST)
@@ -190,13 +230,24 @@ def _cosent(a, b, score, *, tau):
     s_cols, gold_cols = _all_gathered(s), _all_gathered(gold)
     # Row i, column k: pair i is gold-ranked above pair k, penalise e^{(s_k - s_i)/tau}.
     above = gold[:, None] > gold_cols[None, :]
+    masked = None
+    if anchor_hash is not None and cand_hash is not None:  # the same two texts (either order) in both pairs
+        ha, hb = anchor_hash.astype(jnp.int32), cand_hash.reshape(-1).astype(jnp.int32)
+        key = jnp.stack([jnp.minimum(ha, hb), jnp.maximum(ha, hb)], axis=1)
+        key_cols = _all_gathered(key)
+        same = jnp.all(key[:, None, :] == key_cols[None, :, :], axis=-1)
+        masked = jnp.sum(above & same).astype(jnp.float32)
+        above = above & ~same
     diffs = jnp.where(above, (s_cols[None, :] - s[:, None]) / tau, _MASKED_LOGIT)
     # log(1 + sum e^diffs) = logsumexp over [0, diffs]; with no ordered pair, logaddexp(0, ~-1e9) = 0 exactly.
     loss = jnp.logaddexp(0.0, jax.nn.logsumexp(diffs))
     # Fraction of ordered pairs whose similarities agree with the gold order (a cheap ranking metric).
     n_above = jnp.sum(above)
     concordant = jnp.sum(above & (s[:, None] > s_cols[None, :])) / jnp.maximum(n_above, 1)
-    return loss, {"pair_accuracy": concordant.astype(jnp.float32), "num_ordered_pairs": n_above.astype(jnp.float32)}
+    metrics = {"pair_accuracy": concordant.astype(jnp.float32), "num_ordered_pairs": n_above.astype(jnp.float32)}
+    if masked is not None:
+        metrics["masked_duplicates"] = masked
+    return loss, metrics
 
 
 def cosent(a: Array, b: Array, score: Array, *, tau: float = 0.02) -> Array:
@@ -205,7 +256,7 @@ def cosent(a: Array, b: Array, score: Array, *, tau: float = 0.02) -> Array:
     return loss
 
 
-def _classification(a, c, cand_valid, labels, *, tau):
+def _classification(a, c, cand_valid, labels, *, tau, anchor_hash=None, cand_hash=None):
     cand_valid = _check_layout(a, c, cand_valid)
     b, n_cand, _ = c.shape
     _check(labels.shape == (b, 1 + n_cand),
@@ -223,7 +274,14 @@ def _classification(a, c, cand_valid, labels, *, tau):
         neg_valid = _all_gathered(cand_valid[:, 1:]).reshape(-1)
         neg_label = _all_gathered(labels[:, 2:]).reshape(-1)
         blocks.append((_sim(x, negs), neg_valid[None, :] & (anchor_label[:, None] != neg_label[None, :])))
-    return _infonce(pos, blocks, tau)
+    if anchor_hash is None or cand_hash is None:
+        return _infonce(pos, blocks, tau)
+    rows = jnp.stack([anchor_hash, cand_hash[:, 0]], axis=1).astype(jnp.int32)  # text i, its positive
+    cols = [_all_gathered(anchor_hash.astype(jnp.int32)), _all_gathered(cand_hash[:, 1:].astype(jnp.int32)).reshape(-1)]
+    dups = [jnp.any(rows[:, :, None] == h[None, None, :], axis=1) for h in cols[: len(blocks)]]
+    masked = _count_masked(blocks, dups)
+    loss, metrics = _infonce(pos, [(s, keep & ~dup) for (s, keep), dup in zip(blocks, dups)], tau)
+    return loss, {**metrics, "masked_duplicates": masked}
 
 
 def classification_infonce(a: Array, c: Array, cand_valid: Array | None, labels: Array, *,
@@ -266,30 +324,39 @@ def matryoshka(loss_fn: Callable[..., Array], dims: Sequence[int] | None) -> Cal
 
 
 def task_loss(task: str, a: Array, c: Array, cand_valid: Array | None = None, *, score: Array | None = None,
-              labels: Array | None = None, config: LossConfig = LossConfig()) -> tuple[Array, dict[str, Array]]:
+              labels: Array | None = None, config: LossConfig = LossConfig(), anchor_hash: Array | None = None,
+              cand_hash: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """The loss of one batch, chosen by its task type, and cheap metrics.
 
     task: 'retrieval' | 'pair_score' (CoSENT on a vs c[:, 0]; needs `score`) | 'classification' (needs
     `labels`). With config.matryoshka_dims the loss is the mean over dims; metrics then come from the largest
-    dim, plus one 'loss@{dim}' entry per dim. Returns (scalar float32 loss, {name: scalar}).
+    dim, plus one 'loss@{dim}' entry per dim. `anchor_hash` [B] / `cand_hash` [B, C] (normalised-text hashes)
+    switch on the duplicate masks (module docstring). Returns (scalar float32 loss, {name: scalar}).
     """
+    if (anchor_hash is None) != (cand_hash is None):
+        raise ValueError("pass both anchor_hash and cand_hash, or neither")
+    if cand_hash is not None:
+        _check(anchor_hash.shape == a.shape[:1] and cand_hash.shape == c.shape[:2],
+               f"anchor_hash must be [B] and cand_hash [B, C] = {c.shape[:2]}, got {anchor_hash.shape} and "
+               f"{cand_hash.shape}")
+    hashes = dict(anchor_hash=anchor_hash, cand_hash=cand_hash)
     if task == "retrieval":
         def fn(x, y):
             return _retrieval(x, y, cand_valid, tau=config.tau, hard_negatives=config.hard_negatives,
                               in_batch_docs=config.in_batch_docs, query_query=config.query_query,
                               doc_query=config.doc_query, doc_doc=config.doc_doc,
-                              false_negative_margin=config.false_negative_margin)
+                              false_negative_margin=config.false_negative_margin, **hashes)
     elif task == "pair_score":
         _check(score is not None, "task 'pair_score' needs `score` (gold scores, [B])")
         _check(c.ndim == 3 and c.shape[1] == 1, f"task 'pair_score' needs c of shape [B, 1, E], got {c.shape}")
 
         def fn(x, y):
-            return _cosent(x, y[:, 0], score, tau=config.cosent_tau)
+            return _cosent(x, y[:, 0], score, tau=config.cosent_tau, **hashes)
     elif task == "classification":
         _check(labels is not None, "task 'classification' needs `labels` ([B, 1 + C])")
 
         def fn(x, y):
-            return _classification(x, y, cand_valid, labels, tau=config.tau)
+            return _classification(x, y, cand_valid, labels, tau=config.tau, **hashes)
     else:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 

@@ -30,7 +30,8 @@ from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_ste
 
 log = logging.getLogger("qzhou_jax.train")
 
-BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels")
+BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels",
+              "anchor_hash", "cand_hash")  # hashes: the losses' duplicate masks (data/tokenize.py)
 PEAK_FLOPS = {  # bf16 dense peak per chip, for MFU
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
     "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
@@ -80,7 +81,7 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
 
 def batch_shardings(mesh, packed: bool = False) -> dict:
     ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2,
-                 **packing.PACKED_NDIMS)
+                 anchor_hash=1, cand_hash=2, **packing.PACKED_NDIMS)
     return {k: sharding.batch_sharding(mesh, ndims[k]) for k in packing.batch_keys(BATCH_KEYS, packed)}
 
 
@@ -245,6 +246,7 @@ def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[s
     for key in ("accuracy", "top1_accuracy"):
         if key in last:
             scalars[key] = float(np.mean([float(m[key]) for m in fetched if key in m]))
+    scalars["masked_duplicates"] = sum(float(m.get("masked_duplicates", 0.0)) for m in fetched)  # over the window
     examples = sum(float(m["examples"]) for m in fetched)
     tokens = sum(float(m["tokens"]) for m in fetched)
     scalars.update(examples_per_s=examples / seconds, tokens_per_s=tokens / seconds)

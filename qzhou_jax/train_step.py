@@ -63,7 +63,7 @@ def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, j
 
 def _loss_from_embeddings(a, c, batch: Batch, task: str, loss_config: losses.LossConfig):
     return losses.task_loss(task, a, c, batch["cand_valid"], score=batch.get("score"), labels=batch.get("labels"),
-                            config=loss_config)
+                            config=loss_config, anchor_hash=batch.get("anchor_hash"), cand_hash=batch.get("cand_hash"))
 
 
 def plain_loss_and_grads(params, config, loss_config, task, batch):

@@ -16,7 +16,7 @@ from qzhou_jax.data.formats import (
     PairScoreSample,
     RetrievalSample,
 )
-from qzhou_jax.data.mixture import StepMixture, sampling_probabilities
+from qzhou_jax.data.mixture import StepSelection, sampling_probabilities, step_mixture
 from qzhou_jax.data.pipeline import MixtureInfo, build_pipeline, load_datasets, mixture_info
 from qzhou_jax.data.shared_data import (
     SHARED_DATASETS,
@@ -35,7 +35,7 @@ from qzhou_jax.data.tokenize import BATCH_KEYS
 __all__ = [
     "BATCH_KEYS", "CLASSIFICATION", "PAIR_SCORE", "RETRIEVAL", "SHARED_DATASETS", "TASK_TYPES",
     "ClassificationSample", "ClassificationTriplet", "DataConfig", "DataError", "DatasetSpec", "MixtureInfo",
-    "PairScoreSample", "RetrievalSample", "SkipCounter", "StepMixture", "build_pipeline", "data_dir",
+    "PairScoreSample", "RetrievalSample", "SkipCounter", "StepSelection", "build_pipeline", "data_dir",
     "load_datasets", "mixture_info", "read_answer_selection", "read_beir", "read_classification", "read_nli",
-    "read_reading_comprehension", "read_retrieval", "read_sts", "sampling_probabilities",
+    "read_reading_comprehension", "read_retrieval", "read_sts", "sampling_probabilities", "step_mixture",
 ]

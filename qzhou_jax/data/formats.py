@@ -27,10 +27,14 @@ TASK_TYPES = (RETRIEVAL, PAIR_SCORE, CLASSIFICATION)
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalSample:
+    """`keep_suffix`: the last keep_suffix characters of `query` (reading comprehension: joiner + question) survive
+    length truncation whole; the tokenizer cuts the text before them instead (0: plain right truncation)."""
+
     query: str
     positive: str
     negatives: tuple[str, ...] = ()
     instruction: str = ""
+    keep_suffix: int = dataclasses.field(default=0, compare=False)  # how to truncate, not what the sample is
 
     def __post_init__(self):
         object.__setattr__(self, "negatives", tuple(self.negatives))

@@ -7,13 +7,16 @@ The random map runs before the host slice so its per-element RNG depends on the 
 takes positions h, h+P, h+2P, ...; batch j of every host thus comes from the same global window of
 P * per_host_batch positions, so the hosts' slices are disjoint and together cover every sample of an epoch.
 
-`StepMixture` is a `MapDataset` over global steps: step -> dataset d drawn from p by a counter-seeded RNG (a pure
-function of (seed, step), identical on every host) -> element k of stream d, where k counts the earlier steps
-that chose d. Being a MapDataset, its iterator checkpoints as {"next_index": step} with Grain's own
-`get_state()` / `set_state()`, and a restored pipeline replays exactly the same batches.
+`step_mixture` is Grain's `MapDataset.select_from_datasets` with a `StepSelection` map over global steps: step ->
+dataset d drawn from p by a counter-seeded RNG (a pure function of (seed, step), identical on every host) ->
+element k of stream d, where k counts the earlier steps that chose d. Being a MapDataset, its iterator
+checkpoints as {"next_index": step} with Grain's own `get_state()` / `set_state()`, and a restored pipeline
+replays exactly the same batches. (Grain's `mix(proportions)` interleaves in fixed proportions, not by a random
+weighted draw, hence the selection map.)
 
-Grain's built-in `MapDataset.mix` / `IterDataset.mix` (0.2.18) interleave deterministically in fixed proportions
-(no random weighted choice), hence this small selection dataset.
+Clean batches: an epoch holds floor(n / global_batch) whole global batches (`slice` before `repeat`: the
+remainder of each epoch's shuffle is dropped, a different one every epoch), so a global batch never straddles
+two epochs and never holds a sample twice.
 """
 from __future__ import annotations
 
@@ -79,19 +82,27 @@ def dataset_stream(num_samples: int, example_fn: Callable[[int, np.random.Genera
         raise ValueError("a dataset stream needs at least one sample")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-    ds = grain.MapDataset.range(num_samples).shuffle(seed=seed).repeat()
+    global_batch = host_batch * process_count
+    if num_samples < global_batch:
+        raise ValueError(f"a dataset of {num_samples} samples cannot fill one global batch of {global_batch} "
+                         f"without repeating samples: lower the task's batch_size or add data")
+    per_epoch = num_samples // global_batch * global_batch
+    ds = grain.MapDataset.range(num_samples).shuffle(seed=seed).slice(slice(0, per_epoch)).repeat()
     ds = ds.random_map(example_fn, seed=seed)
     ds = ds.slice(slice(process_index, None, process_count))
     return ds.batch(host_batch, drop_remainder=True, batch_fn=batch_fn)
 
 
-class StepMixture(grain.MapDataset):
-    """Global step -> (dataset chosen for the step, that dataset's next batch). Infinite."""
+class StepSelection(grain.transforms.DatasetSelectionMap):
+    """Grain selection map: global step -> (dataset drawn for the step, that dataset's next batch). Infinite.
 
-    def __init__(self, streams: Sequence[grain.MapDataset], probabilities: Sequence[float], seed: int):
-        super().__init__(list(streams))
+    A pure function of (seed, step): the draw of chunk c (of _CHUNK steps) comes from default_rng([seed, _SALT,
+    c]); the index within a dataset counts the earlier steps that chose it (cumulative counts per chunk).
+    """
+
+    def __init__(self, probabilities: Sequence[float], seed: int):
         p = np.asarray(probabilities, dtype=np.float64)
-        if p.shape != (len(streams),) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        if p.ndim != 1 or len(p) == 0 or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
             raise ValueError(f"need one probability per stream summing to 1, got {p.tolist()}")
         self._cdf = np.cumsum(p)
         self._cdf[-1] = 1.0
@@ -112,6 +123,10 @@ class StepMixture(grain.MapDataset):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._init_cache()
+
+    @property
+    def num_datasets(self) -> int:
+        return len(self._cdf)
 
     def _draw(self, chunk: int) -> np.ndarray:
         u = np.random.default_rng([self._seed, _SALT, chunk]).random(_CHUNK)
@@ -136,21 +151,23 @@ class StepMixture(grain.MapDataset):
             self._chunks[chunk] = (choice, within)
             return choice, within
 
-    def choice(self, step: int) -> tuple[int, int]:
-        """(dataset index, element index in its stream) for a global step; a function of (seed, step)."""
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, step: int) -> tuple[int, int]:
         if step < 0:
             raise IndexError(f"negative step {step}")
         choice, within = self._chunk(step // _CHUNK)
         return int(choice[step % _CHUNK]), int(within[step % _CHUNK])
 
-    def __len__(self) -> int:
-        return sys.maxsize
+    def __repr__(self) -> str:
+        return f"StepSelection({len(self._cdf)} datasets, seed={self._seed})"
 
-    def __str__(self) -> str:
-        return f"StepMixture({len(self._cdf)} datasets, seed={self._seed})"
 
-    def __getitem__(self, step):
-        if isinstance(step, slice):
-            return self.slice(step)
-        dataset, index = self.choice(step)
-        return self._parents[dataset][index]
+def step_mixture(streams: Sequence[grain.MapDataset], probabilities: Sequence[float], seed: int) -> grain.MapDataset:
+    """Grain's `select_from_datasets` over the per-dataset batch streams with a `StepSelection` map."""
+    selection = StepSelection(probabilities, seed)
+    if selection.num_datasets != len(streams):
+        raise ValueError(f"need one probability per stream summing to 1, got {len(streams)} streams and "
+                         f"{selection.num_datasets} probabilities")
+    return grain.MapDataset.select_from_datasets(list(streams), selection)

@@ -4,8 +4,9 @@
     it = iter(dataset)            # grain DatasetIterator; it.get_state() / it.set_state(state) resume exactly
     batch = next(it)              # numpy dict in the layout of tokenize.py, one dataset per batch
 
-Loading reads every dataset into memory as samples (`load_datasets`); sizes n_i count the samples the stream
-draws from (after one-sample-per-positive expansion and both_directions). With `tokenizer=None` the pipeline
+Loading reads every dataset into memory as samples (`load_datasets`), or opens a prepared one lazily
+(`prepared:` sources). Sizes n_i, which set the sampling probabilities, count the dataset's own samples: one per
+(query, positive) pair, one per scored pair -- not the (b, a) copies that both_directions adds to the stream. With `tokenizer=None` the pipeline
 yields text batches (anchor / candidates strings, sample positions) instead of token arrays, for sampling
 checks and inspection without a tokenizer.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from qzhou_jax.data import adapters, mixture, packing, shared_data, sources
+from qzhou_jax.data import adapters, hub, mixture, packing, prepared, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -50,6 +51,8 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
         rows = sources.read_parquet(path)
     elif spec.kind == "hf_disk":
         rows = sources.read_hf_disk(path, spec.split)
+    elif spec.kind == "hub":
+        rows = hub.read_rows(spec.location, invalid)
     elif spec.kind == "tfds":
         rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and _expand(spec.data_dir))
     else:
@@ -62,12 +65,40 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
     return adapters.samples_from_rows(rows, transform, spec.fields, options, invalid)
 
 
-def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
-    """read_samples + max_examples + both_directions + dropping single-text classification labels.
+def _subset_indices(spec: DatasetSpec, n: int, seed: int) -> np.ndarray | None:
+    """max_examples: a seeded random subset in file order (files sorted by label or topic would otherwise give a
+    one-label slice); depends on (seed, dataset name) only, so hosts agree."""
+    if spec.max_examples is None or n <= spec.max_examples:
+        return None
+    rng = np.random.default_rng([seed, *spec.name.encode()])
+    return np.sort(rng.choice(n, size=spec.max_examples, replace=False))
 
-    max_examples keeps a seeded random subset (file order preserved): files sorted by label or topic would
-    otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
-    """
+
+def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
+    """A prepared dataset as a lazy sequence (max_examples / both_directions as views; nothing is read)."""
+    samples = prepared.PreparedSamples(_expand(spec.location))
+    if samples.task != spec.task:
+        raise ValueError(f"{spec.name}: {spec.location} holds {samples.task!r} samples, task is {spec.task!r}")
+    if (keep := _subset_indices(spec, len(samples), seed)) is not None:
+        if spec.task == CLASSIFICATION:  # drop labels our own subsampling left with one text (counted)
+            labels = np.asarray(samples.labels)[keep]
+            values, counts = np.unique(labels, return_counts=True)
+            for label in values[counts < 2]:
+                counter.skip(spec.name, "label left with a single text by max_examples", f"{spec.source} {label!r}")
+            keep = keep[~np.isin(labels, values[counts < 2])]
+        samples = prepared.Subset(samples, keep)
+    if spec.task == PAIR_SCORE and spec.both_directions:
+        samples = prepared.BothDirections(samples)
+    if not len(samples):
+        raise ValueError(f"{spec.name} ({spec.source}): no samples")
+    return samples
+
+
+def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
+    """read_samples + max_examples + both_directions + dropping single-text classification labels
+    (a `prepared:` source: `load_prepared`, lazily)."""
+    if spec.kind == "prepared":
+        return load_prepared(spec, counter, seed)
     samples = read_samples(spec, counter)
     if spec.decontaminate:
         from qzhou_jax.synthesis.decontam import drop_contaminated_samples
@@ -78,9 +109,7 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
                                                               f"can be drawn for it"))
             samples = [s for s in samples if s.label != label]
-    if spec.max_examples is not None and len(samples) > spec.max_examples:
-        rng = np.random.default_rng([seed, *spec.name.encode()])
-        keep = np.sort(rng.choice(len(samples), size=spec.max_examples, replace=False))
+    if (keep := _subset_indices(spec, len(samples), seed)) is not None:
         samples = [samples[i] for i in keep]
         if spec.task == CLASSIFICATION:  # ...but after our own subsampling it is expected: counted and dropped
             for label in LabelIndex(samples).singleton_labels():
@@ -96,7 +125,14 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
 @dataclasses.dataclass
 class LoadedDataset:
     spec: DatasetSpec
-    samples: list
+    samples: Sequence  # what the stream draws from (both_directions copies included)
+
+    @property
+    def size(self) -> int:
+        """n_i for sampling: the dataset's own samples, without the both_directions copies."""
+        if self.spec.task == PAIR_SCORE and self.spec.both_directions:
+            return len(self.samples) // 2
+        return len(self.samples)
 
 
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
@@ -133,7 +169,7 @@ def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counte
     if datasets is None:
         datasets, counter = load_datasets(config, counter)
     tasks = [d.spec.task for d in datasets]
-    sizes = [len(d.samples) for d in datasets]
+    sizes = [d.size for d in datasets]
     p = mixture.sampling_probabilities(sizes, tasks, config.alpha, config.eta, [d.spec.weight for d in datasets])
     for task in set(tasks):
         if task not in config.batch_size:
@@ -157,6 +193,8 @@ def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "labels": np.array([e["labels"] for e in examples], dtype=np.int32),
         "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
         "position": np.array([e["position"] for e in examples], dtype=np.int64),
+        "anchor_hash": np.array([e["anchor_hash"] for e in examples], dtype=np.int32),
+        "cand_hash": np.array([e["cand_hash"] for e in examples], dtype=np.int32),
     }
 
 
@@ -191,6 +229,6 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
             host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),
             process_index=process_index, process_count=process_count, batch_fn=batch_fn))
-    mixed = mixture.StepMixture(streams, info.probabilities, seed)
+    mixed = mixture.step_mixture(streams, info.probabilities, seed)
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_buffer_size)
     return mixed.to_iter_dataset(read_options), info

@@ -47,4 +47,6 @@ def classification(max_len=256, num_negatives=4, max_examples=None, chinese=True
         _entry("trec", "shared:trec", "train", INSTRUCTIONS["trec"], lengths, max_examples),
         _entry("sst2", "shared:sst2", "train", INSTRUCTIONS["sst2"], lengths, max_examples),
     ]
+    if chinese:  # Waimai has no official split: the shared copy is one "all" file
+        out.append(_entry("waimai", "shared:waimai", "all", INSTRUCTIONS["waimai"], lengths, max_examples))
     return out

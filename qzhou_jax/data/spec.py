@@ -18,7 +18,9 @@ config.data fields (defaults in brackets):
 Dataset dict fields:
   name              unique name (reports, dataset_id order = list order)
   source            "shared:<name>" | "jsonl:<path>" (plain or .gz) | "parquet:<path>" | "hf_disk:<path>" |
-                    "tfds:<name>" | "beir:<folder>"; "{data_dir}" in a path expands to the shared data folder
+                    "tfds:<name>" | "beir:<folder>" | "prepared:<DIR/name>" (data/prepare.py output, read lazily;
+                    task, instruction and lengths default to the prepared ones) | "hub:<owner/repo>:<glob>"
+                    (Hugging Face dataset files, prepare only); "{data_dir}" in a path expands to the shared data folder
   task              "retrieval" | "pair_score" | "classification" (shared and beir sources know theirs)
   split             split name (shared, hf_disk with a DatasetDict, tfds, beir) [train]
   transform         row adapter (see adapters.py) [retrieval / sts / classification by task]
@@ -45,9 +47,15 @@ from typing import Any
 from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
 from qzhou_jax.data.shared_data import SHARED_DATASETS
 
-SOURCE_KINDS = ("shared", "jsonl", "parquet", "hf_disk", "tfds", "beir")
+SOURCE_KINDS = ("shared", "jsonl", "parquet", "hf_disk", "tfds", "beir", "prepared", "hub")
 DEFAULT_BATCH_SIZE = {"retrieval": 256, "pair_score": 768, "classification": 256}
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 1536)
+
+
+def _shared_dir():
+    from qzhou_jax.data.shared_data import data_dir
+
+    return data_dir()
 
 
 def _plain(value: Any) -> Any:
@@ -99,7 +107,14 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str, defaults: Mapping[str, Any] = {}) -> "DatasetSpec":
-        raw = {**_plain(defaults), **_plain(raw)}
+        raw = _plain(raw)
+        if str(raw.get("source", "")).startswith("prepared:"):  # stored fields sit between defaults and the entry
+            from qzhou_jax.data.prepared import training_defaults
+
+            location = str(raw["source"]).split(":", 1)[1].replace("{data_dir}", str(_shared_dir()))
+            raw = {**_plain(defaults), **training_defaults(location), **raw}
+        else:
+            raw = {**_plain(defaults), **raw}
         if raw.get("name"):
             where = f"{where} ({raw['name']!r})"
         known = {f.name for f in dataclasses.fields(cls)}

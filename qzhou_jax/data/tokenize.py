@@ -5,12 +5,17 @@
     'score'       float32 [B]        pair-score gold; 0 otherwise
     'labels'      int32 [B, 1 + C]   label ids of anchor then candidates (classification); -1 otherwise
     'dataset_id'  int32 [B]          index of the dataset in the mixture
+    'anchor_hash' int32 [B]          `text_hash` of the anchor text (normalised, before prompting)
+    'cand_hash'   int32 [B, C]       `text_hash` of each candidate (0 for padding candidates)
+                                     (the losses' duplicate masks: identical texts are never negatives)
 
 Two stages, so each runs where it belongs in the Grain pipeline:
 - `ExampleBuilder(samples, spec)(position, rng)` -> text-level example (prompts applied, candidates padded to C
   with "" / valid False, surplus retrieval negatives sampled, classification triplets drawn); runs per element.
 - `Collator(tokenizer, spec, buckets)(examples)` -> the arrays above; runs as the batch function, one tokenizer
-  call per side. Retrieval: anchor = query, candidates = [positive] + hard negatives. Pair score: anchor =
+  call per side. A reading-comprehension query keeps its suffix (joiner + question) whole: when the whole
+  prompted query exceeds max_len_query, the text before the suffix (prompt + context) is cut in token space so
+  that the suffix fits. Retrieval: anchor = query, candidates = [positive] + hard negatives. Pair score: anchor =
   text_a, C = 1. Classification: anchor = text, candidates = [positive] + negatives.
 Prompting (`format_query`): the anchor always gets the dataset's instruction when it has one; candidates too when
 the dataset is `symmetric` (default: pair_score and classification, not retrieval).
@@ -25,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL, check_task
-from qzhou_jax.data.transforms import LabelIndex, example_based_triplet
+from qzhou_jax.data.transforms import LabelIndex, example_based_triplet, text_hash
 from qzhou_jax.tokenizer import bucket_length, format_query, pad_rows
 
-BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels", "dataset_id")
+BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels", "dataset_id",
+              "anchor_hash", "cand_hash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +61,8 @@ class TokenizeSpec:
 
 def label_vocabulary(samples) -> dict[str, int]:
     """Sorted label names -> ids (0..K-1); stable across hosts and runs."""
-    return {label: i for i, label in enumerate(sorted({s.label for s in samples}))}
+    known = getattr(samples, "labels", None)  # prepared datasets: no record reads
+    return {label: i for i, label in enumerate(sorted(set(known) if known is not None else {s.label for s in samples}))}
 
 
 class ExampleBuilder:
@@ -76,8 +83,9 @@ class ExampleBuilder:
         spec, sample = self.spec, self.samples[position]
         instruction = sample.instruction or spec.instruction
         labels = [-1] * (1 + spec.num_candidates)
-        score = 0.0
+        score, keep_suffix = 0.0, 0
         if spec.task == RETRIEVAL:
+            keep_suffix = sample.keep_suffix
             anchor, negatives = sample.query, list(sample.negatives)
             if len(negatives) > spec.num_candidates - 1:
                 keep = rng.choice(len(negatives), size=spec.num_candidates - 1, replace=False)
@@ -89,13 +97,16 @@ class ExampleBuilder:
             triplet = example_based_triplet(self.samples, position, self.label_index, rng, spec.num_candidates - 1)
             anchor, candidates = triplet.text, [triplet.positive, *triplet.negatives]
             labels[: len(triplet.labels)] = [spec.label_ids[label] for label in triplet.labels]
+        anchor_hash, cand_hash = text_hash(anchor), [text_hash(c) for c in candidates]
         anchor = self._prompt(anchor, instruction)
         if spec.symmetric:
             candidates = [self._prompt(c, instruction) for c in candidates]
         valid = [True] * len(candidates) + [False] * (spec.num_candidates - len(candidates))
         candidates = candidates + [""] * (spec.num_candidates - len(candidates))
+        cand_hash = cand_hash + [0] * (spec.num_candidates - len(cand_hash))
         return {"anchor": anchor, "candidates": tuple(candidates), "cand_valid": tuple(valid), "score": score,
-                "labels": tuple(labels), "dataset_id": spec.dataset_id, "position": position}
+                "labels": tuple(labels), "dataset_id": spec.dataset_id, "position": position,
+                "anchor_keep_suffix": keep_suffix, "anchor_hash": anchor_hash, "cand_hash": tuple(cand_hash)}
 
 
 def length_buckets(buckets: Sequence[int], max_len: int) -> list[int]:
@@ -119,18 +130,34 @@ class Collator:
         self.query_buckets = length_buckets(buckets, spec.max_len_query)
         self.passage_buckets = length_buckets(buckets, spec.max_len_passage)
 
-    def _encode(self, texts: Sequence[str], max_len: int, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows = [e.ids[:max_len] for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def truncate(self, texts: Sequence[str], max_len: int, keep_suffix: Sequence[int] | None = None) -> list[list[int]]:
+        """Token ids cut to max_len; a text with keep_suffix k > 0 that is too long becomes
+        ids(text[:-k])[:max_len - len(ids(text[-k:]))] + ids(text[-k:]) (the suffix itself cut only if it alone
+        exceeds max_len)."""
+        rows = self._ids(texts)
+        for i, k in enumerate(keep_suffix or ()):
+            if k and len(rows[i]) > max_len:
+                head, tail = self._ids([texts[i][:-k], texts[i][-k:]])
+                tail = tail[:max_len]
+                rows[i] = head[: max_len - len(tail)] + tail
+        return [row[:max_len] for row in rows]
+
+    def _encode(self, texts: Sequence[str], max_len: int, buckets: Sequence[int],
+                keep_suffix: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.truncate(texts, max_len, keep_suffix)
         length = bucket_length(max(1, max(map(len, rows), default=0)), buckets)
         return pad_rows(rows, length, self.pad_id, "right")
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         b, c = len(examples), self.spec.num_candidates
         anchor_ids, anchor_mask = self._encode([e["anchor"] for e in examples], self.spec.max_len_query,
-                                               self.query_buckets)
+                                               self.query_buckets, [e.get("anchor_keep_suffix", 0) for e in examples])
         cand_ids, cand_mask = self._encode([t for e in examples for t in e["candidates"]],
                                            self.spec.max_len_passage, self.passage_buckets)
-        return {
+        batch = {
             "anchor_ids": anchor_ids,
             "anchor_mask": anchor_mask,
             "cand_ids": cand_ids.reshape(b, c, -1),
@@ -140,3 +167,7 @@ class Collator:
             "labels": np.array([e["labels"] for e in examples], dtype=np.int32).reshape(b, 1 + c),
             "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
         }
+        if "anchor_hash" in examples[0]:  # ExampleBuilder's examples carry them; hand-made ones may not
+            batch["anchor_hash"] = np.array([e["anchor_hash"] for e in examples], dtype=np.int32)
+            batch["cand_hash"] = np.array([e["cand_hash"] for e in examples], dtype=np.int32).reshape(b, c)
+        return batch

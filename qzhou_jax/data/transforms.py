@@ -8,7 +8,9 @@ labels) deterministically from a numpy Generator; `example_based_classification`
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -40,6 +42,18 @@ def truncate_text(text: str, *, max_chars: int | None = None, max_words: int | N
     return text
 
 
+def normalize_text(text: str) -> str:
+    """The identity of a text for duplicate detection: NFKC, case-folded, whitespace runs collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def text_hash(text: str) -> int:
+    """int32 hash of `normalize_text(text)` (blake2b, 4 bytes): equal for texts identical after normalisation;
+    two different texts collide with probability 2^-32 (then they are merely not each other's negatives)."""
+    digest = hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=4).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 # ---- retrieval ----
 
 def title_body(title: str, body: str, *, instruction: str = "", max_chars: int | None = None,
@@ -59,8 +73,9 @@ def question_answer(question: str, answer: str, *, negatives: Sequence[str] = ()
 
 def reading_comprehension(context: str, question: str, answer: str, *, instruction: str = "",
                           joiner: str = READING_COMPREHENSION_JOINER) -> RetrievalSample:
-    """Query = context + fixed "read the passage above" joiner + question; positive = the answer."""
-    return RetrievalSample(context + joiner + question, answer, (), instruction)
+    """Query = context + fixed "read the passage above" joiner + question; positive = the answer. The joiner and
+    question are marked as the query's kept suffix: tokenisation truncates the context, never the question."""
+    return RetrievalSample(context + joiner + question, answer, (), instruction, keep_suffix=len(joiner + question))
 
 
 def claim_evidence(claim: str, supporting: Sequence[str], refuting: Sequence[str] = (), *,
@@ -132,7 +147,8 @@ class LabelIndex:
     """Positions of each label's texts, for drawing same-label positives and other-label negatives in O(k)."""
 
     def __init__(self, samples: Sequence[ClassificationSample]):
-        labels = np.array([s.label for s in samples], dtype=object)
+        known = getattr(samples, "labels", None)  # prepared datasets know their labels without reading records
+        labels = np.array([s.label for s in samples] if known is None else list(known), dtype=object)
         self.size = len(samples)
         self.members: dict[str, np.ndarray] = {}
         for position, label in enumerate(labels):

@@ -48,7 +48,7 @@ def build(probabilities, *, seed=0, process_index=0, process_count=1, batch=2, s
         mixture.dataset_stream(n, lambda pos, rng, d=d: {"d": d, "pos": pos}, seed=mixture.derive_seed(seed, d),
                                host_batch=batch, process_index=process_index, process_count=process_count)
         for d, n in enumerate(sizes)]
-    return mixture.StepMixture(streams, probabilities, seed)
+    return mixture.step_mixture(streams, probabilities, seed)
 
 
 def take(dataset, n, state=None):
@@ -76,11 +76,11 @@ def test_20k_batches_follow_the_target_frequencies(eta):
 
 def test_choice_is_a_function_of_seed_and_step_only():
     p = mixture.sampling_probabilities(SIZES, TASKS, 0.5)
-    a, b = build(p, seed=5), build(p, seed=5)
-    late = [b.choice(s) for s in (4321, 99, 3000)]  # random access in another order
-    early = [a.choice(s) for s in range(5000)]
+    a, b = mixture.StepSelection(p, seed=5), mixture.StepSelection(p, seed=5)
+    late = [b[s] for s in (4321, 99, 3000)]  # random access in another order
+    early = [a[s] for s in range(5000)]
     assert late == [early[4321], early[99], early[3000]]
-    assert [c for c, _ in early] != [build(p, seed=6).choice(s)[0] for s in range(5000)]
+    assert [c for c, _ in early] != [mixture.StepSelection(p, seed=6)[s][0] for s in range(5000)]
     # the within-dataset index counts earlier choices of the same dataset
     counts = collections.Counter()
     for d, k in early:
@@ -133,3 +133,23 @@ def test_resume_from_grain_state():
 def test_bad_probabilities():
     with pytest.raises(ValueError, match="summing to 1"):
         build([0.5, 0.2, 0.2, 0.2])
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_no_sample_twice_in_a_global_batch_across_epochs(process_count):
+    """n = 50 with global batch 8: 6 whole batches per epoch, the 2 leftover positions dropped per epoch."""
+    n, global_batch = 50, 8
+    hosts = [take(build([1.0], seed=7, process_index=h, process_count=process_count,
+                        batch=global_batch // process_count, sizes=[n]), 60)[0] for h in range(process_count)]
+    batches = [np.concatenate([h[j]["pos"] for h in hosts]) for j in range(60)]
+    for b in batches:
+        assert len(set(b.tolist())) == global_batch  # no repeat inside a global batch
+    for e in range(10):  # each epoch: 6 disjoint batches, 48 distinct positions
+        epoch = np.concatenate(batches[6 * e: 6 * e + 6])
+        assert len(set(epoch.tolist())) == 48
+    assert len({tuple(sorted(np.concatenate(batches[6 * e: 6 * e + 6]).tolist())) for e in range(10)}) > 1
+
+
+def test_dataset_smaller_than_a_global_batch_is_refused():
+    with pytest.raises(ValueError, match="cannot fill one global batch"):
+        build([1.0], batch=8, sizes=[5])

@@ -54,8 +54,8 @@ def config(files, **overrides):
 def test_info_sizes_and_probabilities(files):
     info = mixture_info(config(files))
     assert info.names == ["ret", "sts", "cls"] and info.tasks == ["retrieval", "pair_score", "classification"]
-    assert info.sizes == [60, 60, 45]  # one sample per positive; pairs in both directions
-    mass = np.sqrt([60, 60, 45])
+    assert info.sizes == [60, 30, 45]  # one sample per positive; own pairs, not the both_directions copies
+    mass = np.sqrt([60, 30, 45])
     np.testing.assert_allclose(info.probabilities, mass / mass.sum())
     assert info.num_candidates == [3, 1, 4] and info.label_vocabularies[2] == {"a": 0, "b": 1, "c": 2}
     assert "ret" in info.table()
@@ -144,7 +144,9 @@ def test_bad_rows_strict_and_skipped(files, write_jsonl, tokenizer):
                                          "{not json", {"query": "bird", "pos": ["sky"], "neg": ["sea"]}], gz=True)
     with pytest.raises(DataError, match=rf"^{files}/ret.jsonl.gz:2: field 'pos' is empty$"):
         mixture_info(config(files))
-    dataset, info = build_pipeline(config(files, skip_invalid=True), tokenizer, process_index=0, process_count=1)
+    # 2 samples left: a global batch of 2 is the most that holds no sample twice
+    dataset, info = build_pipeline(config(files, skip_invalid=True, batch_size=dict(retrieval=2)), tokenizer,
+                                   process_index=0, process_count=1)
     assert info.sizes[0] == 2 and info.skipped.total("ret") == 2
     report = info.skipped.report()
     assert "ret: 2 rows skipped" in report and "malformed JSON" in report
@@ -219,5 +221,5 @@ def test_beir_and_hf_disk_sources(tmp_path, write_jsonl, tokenizer):
     assert len(beir.samples) == 6 and beir.samples[0].query == "query 0" and beir.samples[0].positive == "doc 0"
     assert [s.score for s in nli.samples[:6]] == [2.0, 2.0, 1.0, 1.0, 0.0, 0.0]
     dataset, info = build_pipeline(cfg, tokenizer, process_index=0, process_count=1)
-    np.testing.assert_allclose(info.probabilities, [6 / 24, 18 / 24])
+    np.testing.assert_allclose(info.probabilities, [6 / 15, 9 / 15])  # n_i: 9 own NLI pairs, not 18
     assert next(iter(dataset))["anchor_ids"].shape[0] == 2

@@ -137,3 +137,56 @@ def test_with_the_qwen_tokenizer():
         assert batch["anchor_ids"][i][batch["anchor_mask"][i] == 1].tolist() == ref
         assert batch["anchor_ids"][i][batch["anchor_mask"][i] == 0].tolist() == \
             [qwen.pad_token_id] * (batch["anchor_ids"].shape[1] - len(ref))
+
+
+def test_batch_hashes_identify_normalised_texts(tokenizer):
+    from qzhou_jax.data.transforms import text_hash
+
+    samples = [RetrievalSample("the cat", "a dog", ("sea",)), RetrievalSample("The  CAT", "a dog"),
+               RetrievalSample("red sky", "blue sea", ("a dog",))]
+    build = ExampleBuilder(samples, spec("retrieval", 2))
+    batch = Collator(tokenizer, spec("retrieval", 2), (4, 8))([build(i, np.random.default_rng(i)) for i in range(3)])
+    assert batch["anchor_hash"].dtype == np.int32 and batch["cand_hash"].shape == (3, 2)
+    # hashed before prompting, after normalisation: rows 0 and 1 share the query, all three share "a dog"
+    assert batch["anchor_hash"][0] == batch["anchor_hash"][1] == text_hash("the cat") != batch["anchor_hash"][2]
+    assert batch["cand_hash"][0, 0] == batch["cand_hash"][1, 0] == batch["cand_hash"][2, 1] == text_hash("a dog")
+    assert batch["cand_hash"][0, 1] == text_hash("sea") and not batch["cand_valid"][1, 1]
+
+
+def test_reading_comprehension_keeps_the_question_at_stage_lengths(shared_dir):
+    """cmrc2018 at configs/stage1.py's lengths with the real Qwen2.5 tokenizer: every query fits max_len_query
+    and ends with the joiner + its question; the queries that fit are tokenised unchanged."""
+    import importlib.util
+
+    from qzhou_jax.data.errors import SkipCounter
+    from qzhou_jax.data.pipeline import load_samples
+    from qzhou_jax.data.spec import DatasetSpec
+    from qzhou_jax.data.transforms import READING_COMPREHENSION_JOINER
+    from qzhou_jax.tokenizer import load_tokenizer
+
+    import pathlib
+    path = pathlib.Path(__file__).parents[2] / "configs" / "stage1.py"
+    mod = importlib.util.spec_from_file_location("stage1", path)
+    stage1 = importlib.util.module_from_spec(mod)
+    mod.loader.exec_module(stage1)
+    entry = next(d for d in stage1.get_config().data.datasets if d["name"] == "cmrc2018")
+    ds = DatasetSpec.from_dict(entry, "stage1")
+    samples = load_samples(ds, SkipCounter())
+    qwen = load_tokenizer(None)
+    tspec = TokenizeSpec(0, "retrieval", ds.num_candidates, ds.max_len_query, ds.max_len_passage, symmetric=False,
+                         instruction=ds.instruction)
+    build, collate = ExampleBuilder(samples, tspec), Collator(qwen, tspec, (64, 128, 256))
+    examples = [build(i, np.random.default_rng(i)) for i in range(len(samples))]
+    batch = collate(examples)
+    full = [len(qwen(e["anchor"], add_special_tokens=False)["input_ids"]) for e in examples]
+    assert np.mean(np.array(full) > ds.max_len_query) > 0.5  # most queries really are too long
+    for e, ids, mask, n in zip(examples, batch["anchor_ids"], batch["anchor_mask"], full):
+        kept = ids[mask.astype(bool)]
+        question = e["anchor"].rsplit(READING_COMPREHENSION_JOINER, 1)[1]
+        assert len(kept) == min(n, ds.max_len_query)
+        text = qwen.decode(kept)
+        assert text.endswith(READING_COMPREHENSION_JOINER + question), text[-80:]
+        if n <= ds.max_len_query:
+            assert kept.tolist() == qwen(e["anchor"], add_special_tokens=False)["input_ids"]
+        else:
+            assert text.startswith("Instruct: ")  # the prompt stays; the context is what was cut

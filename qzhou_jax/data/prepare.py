@@ -1,0 +1,265 @@
+"""Prepare once, read lazily: every dataset of a data config -> transformed, validated samples in ArrayRecord shards.
+
+    python -m qzhou_jax.data.prepare --config configs/stage1.py:paper --out /data/prepared [--shard I/N]
+        [--workers P] [--records-per-shard 100000]
+
+Per dataset, OUT/<name>/ receives `data-KKKKK-of-NNNNN.array_record` shards (one JSON sample per record, in source
+order, after the dataset's transform, validation, max_examples and label checks; both_directions is applied at
+read time so n_i stays the dataset's own pair count), `labels.npy` for classification, and `manifest.json` --
+written last -- with counts, task, the dataset's fields, skipped rows by reason, source fingerprints and length
+statistics. OUT/manifest.json indexes the datasets once all of them are done. Train from them with
+`source="prepared:OUT/<name>"` (configs/paper_mix.py does this for the paper's mix).
+
+Parallel and resumable: datasets run in `--workers` processes, and `--shard I/N` takes datasets I, I+N, ...
+(one host each, same OUT on shared storage). Each shard file is written to a temporary name, fsynced and renamed,
+so a crash (kill -9) leaves only whole shards; a rerun checks that the samples are the same (`plan.json` holds
+their fingerprint), writes the missing shards and the manifest, and skips finished datasets. Shards are a pure
+function of the samples, so an interrupted-then-resumed run gives the same files as an uninterrupted one.
+`hub:` sources download into the Hugging Face cache first (huggingface_hub).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qzhou_jax.data import hub, prepared
+from qzhou_jax.data.errors import SkipCounter
+from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL
+from qzhou_jax.data.spec import DataConfig, DatasetSpec
+
+DEFAULT_RECORDS_PER_SHARD = 100_000
+PLAN = "plan.json"
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def source_fingerprints(spec: DatasetSpec) -> list[dict[str, Any]]:
+    """Size and sha256 of every input file (shared data: its folder is recorded, the samples hash covers it)."""
+    from qzhou_jax.data.pipeline import _expand
+    from qzhou_jax.data.shared_data import data_dir
+
+    if spec.kind == "shared":
+        return [{"shared": spec.location, "split": spec.split, "data_dir": str(data_dir())}]
+    if spec.kind == "tfds":
+        return [{"tfds": spec.location, "split": spec.split, "data_dir": spec.data_dir}]
+    if spec.kind == "hub":
+        repo, _ = hub.parse(spec.location)
+        return [{"hub": repo, "file": name, **file_fingerprint(path)}
+                for name, path in zip(hub.matching_files(spec.location), hub.local_files(spec.location))]
+    path = Path(_expand(spec.location))
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [file_fingerprint(p) for p in files]
+
+
+def _quantiles(values: Sequence[int]) -> dict[str, float]:
+    if not len(values):
+        return {}
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": round(float(v.mean()), 1), "p50": float(np.percentile(v, 50)),
+            "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+
+
+def length_statistics(task: str, samples: Sequence) -> dict[str, Any]:
+    """Characters per text field (token lengths depend on the tokenizer: see data.inspect)."""
+    if task == RETRIEVAL:
+        fields = {"query_chars": [len(s.query) for s in samples], "positive_chars": [len(s.positive) for s in samples],
+                  "negative_chars": [len(n) for s in samples for n in s.negatives],
+                  "negatives_per_sample": [len(s.negatives) for s in samples]}
+    elif task == PAIR_SCORE:
+        fields = {"text_a_chars": [len(s.text_a) for s in samples], "text_b_chars": [len(s.text_b) for s in samples]}
+    else:
+        fields = {"text_chars": [len(s.text) for s in samples]}
+    return {k: _quantiles(v) for k, v in fields.items()}
+
+
+def shard_names(num_samples: int, records_per_shard: int) -> list[str]:
+    n = max(1, math.ceil(num_samples / records_per_shard))
+    return [f"data-{k:05d}-of-{n:05d}.array_record" for k in range(n)]
+
+
+def _write_shard(path: Path, records: Sequence[bytes]) -> None:
+    """Whole shard or nothing: temporary name, fsync, rename."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")  # group_size 1: every record is one random-access read
+    for record in records:
+        writer.write(record)
+    writer.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid: bool = False,
+                    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest."""
+    from qzhou_jax.data.pipeline import load_samples
+
+    folder = out / spec.name
+    t0 = time.time()
+    counter = SkipCounter(skip_invalid=skip_invalid)
+    samples = load_samples(dataclasses.replace(spec, both_directions=False), counter, seed)
+    records = [prepared.encode_sample(s) for s in samples]
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(len(r).to_bytes(8, "little") + r)
+    fingerprint = digest.hexdigest()
+    names = shard_names(len(records), records_per_shard)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = {"samples_sha256": fingerprint, "num_samples": len(records), "shards": names}
+    for existing in (folder / prepared.MANIFEST, folder / PLAN):
+        if existing.is_file():
+            old = json.loads(existing.read_text(encoding="utf-8"))
+            old_fp = old.get("samples_sha256")
+            if old_fp != fingerprint or old.get("shards") != names:
+                raise ValueError(f"{folder}: already holds a prepared {spec.name!r} made from other samples "
+                                 f"(sha256 {str(old_fp)[:12]} vs {fingerprint[:12]}, or another shard size); "
+                                 f"remove the folder to prepare it again")
+    if (folder / prepared.MANIFEST).is_file():
+        log(f"{spec.name}: already prepared ({len(records)} samples), skipped")
+        return prepared.read_manifest(folder)
+    write_json_atomic(folder / PLAN, plan)
+
+    written = 0
+    for k, name in enumerate(names):
+        if (folder / name).is_file():
+            continue  # a finished shard of an interrupted run: same samples, so same bytes
+        _write_shard(folder / name, records[k * records_per_shard:(k + 1) * records_per_shard])
+        written += 1
+        if written % 10 == 0 or k == len(names) - 1:
+            elapsed = max(time.time() - t0, 1e-9)
+            log(f"{spec.name}: shard {k + 1}/{len(names)}, {elapsed:.0f}s, "
+                f"ETA {elapsed / (k + 1) * (len(names) - k - 1):.0f}s")
+    manifest: dict[str, Any] = {
+        "format_version": prepared.FORMAT_VERSION, "name": spec.name, "num_samples": len(records),
+        "task": spec.task, "shards": names, "samples_sha256": fingerprint,
+        "spec": {k: v for k, v in dataclasses.asdict(spec).items()},
+        "skipped": dict(counter.counts.get(spec.name, {})), "skipped_examples": counter.examples.get(spec.name, []),
+        "sources": source_fingerprints(spec), "lengths": length_statistics(spec.task, samples),
+        "seconds": round(time.time() - t0, 2),
+    }
+    if spec.task == CLASSIFICATION:
+        labels = sorted({s.label for s in samples})
+        ids = {label: i for i, label in enumerate(labels)}
+        manifest["labels"] = labels
+        tmp = folder / ".labels.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.array([ids[s.label] for s in samples], dtype=np.int32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "labels.npy")
+    write_json_atomic(folder / prepared.MANIFEST, manifest)
+    _fsync_dir(folder)
+    log(f"{spec.name}: {len(records)} samples in {len(names)} shards, {counter.total(spec.name)} rows skipped, "
+        f"{len(records) / max(time.time() - t0, 1e-9):.0f} samples/s")
+    return manifest
+
+
+def _prepare_one(args, log: Callable[[str], None] = print) -> dict[str, Any]:  # module-level: runs in workers
+    spec_fields, out, seed, skip_invalid, records_per_shard = args
+    return prepare_dataset(DatasetSpec(**spec_fields), Path(out), seed=seed, skip_invalid=skip_invalid,
+                           records_per_shard=records_per_shard, log=log)
+
+
+def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
+            records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, log: Callable[[str], None] = print) -> dict:
+    """Prepares this shard's datasets; returns {name: manifest} of those, and writes OUT/manifest.json once every
+    dataset of the config is done."""
+    config = DataConfig.from_config(data_config)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [s for i, s in enumerate(config.datasets) if i % count == index]
+    jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, records_per_shard) for s in mine]
+    t0 = time.time()
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a clean interpreter per worker (no forked threads or locks)
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = {}
+            for i, manifest in enumerate(pool.map(_prepare_one, jobs)):
+                results[manifest["name"]] = manifest
+                log(f"[{i + 1}/{len(jobs)} datasets] {manifest['name']} done ({time.time() - t0:.0f}s)")
+    else:
+        results = {}
+        for i, job in enumerate(jobs):
+            manifest = _prepare_one(job, log)
+            results[manifest["name"]] = manifest
+            log(f"[{i + 1}/{len(jobs)} datasets] {manifest['name']} done ({time.time() - t0:.0f}s)")
+    folders = [out / s.name for s in config.datasets]
+    if all((f / prepared.MANIFEST).is_file() for f in folders):
+        index_manifest = {"format_version": prepared.FORMAT_VERSION, "datasets": {}}
+        for f in folders:
+            m = prepared.read_manifest(f)
+            index_manifest["datasets"][m["name"]] = {k: m[k] for k in ("task", "num_samples", "samples_sha256")}
+            index_manifest["datasets"][m["name"]]["skipped"] = sum(m["skipped"].values())
+        write_json_atomic(out / prepared.MANIFEST, index_manifest)
+    return results
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    return i, n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from qzhou_jax.data.inspect import data_block, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per dataset)")
+    parser.add_argument("--shard", type=_shard_arg, default=(0, 1), help="I/N: this host's share of the datasets")
+    parser.add_argument("--workers", type=int, default=1, help="datasets prepared in parallel processes")
+    parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+    args = parser.parse_args(argv)
+    data = data_block(load_config(args.config))
+    prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
+            log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

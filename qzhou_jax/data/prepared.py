@@ -1,0 +1,149 @@
+"""Prepared datasets (written by `data/prepare.py`), read lazily through Grain's ArrayRecord data source.
+
+Layout of one prepared dataset folder DIR/name:
+    manifest.json                          written last: counts, task, training fields, skips, fingerprints, lengths
+    data-00000-of-00003.array_record ...   one JSON object per sample (the sample dataclass's fields), in order
+    labels.npy                             classification only: int32 label id per sample (ids index manifest labels)
+
+`PreparedSamples(folder)` is a read-only sequence: len() comes from the manifest and item i is one random-access
+read of record i, so opening a dataset costs the same for 10k and 1M samples and a host only ever reads the
+records of its own slice. `BothDirections` and `Subset` are lazy views for what the in-memory path materialises.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qzhou_jax.data.errors import DataError
+from qzhou_jax.data.formats import CLASSIFICATION, SAMPLE_TYPES, PairScoreSample
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+# Dataset fields a prepared dataset hands to the training config as defaults (the config's own entry wins).
+TRAINING_FIELDS = ("task", "instruction", "symmetric", "num_negatives", "max_len_query", "max_len_passage",
+                   "both_directions")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; prepare the dataset first (python -m qzhou_jax.data.prepare) "
+                                f"or let an interrupted prepare finish")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}", f"malformed manifest ({err.msg})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(str(path), f"format_version {manifest.get('format_version')!r}, this code reads "
+                                   f"{FORMAT_VERSION}: prepare the dataset again")
+    return manifest
+
+
+def training_defaults(folder: str | Path) -> dict[str, Any]:
+    """The dataset fields stored at prepare time (task, instruction, lengths, ...)."""
+    spec = read_manifest(folder)["spec"]
+    return {k: spec[k] for k in TRAINING_FIELDS if k in spec}
+
+
+class PreparedSamples(Sequence):
+    """Samples of a prepared dataset, decoded on access. `reads` counts records read (tests check laziness)."""
+
+    def __init__(self, folder: str | Path):
+        import grain
+
+        self.folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        self.task = self.manifest["spec"]["task"]
+        self._type = SAMPLE_TYPES[self.task]
+        self._paths = [str(self.folder / name) for name in self.manifest["shards"]]
+        for path in self._paths:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: shard listed in {self.folder / MANIFEST} is missing")
+        self._source = grain.sources.ArrayRecordDataSource(self._paths)
+        self._len = int(self.manifest["num_samples"])
+        if len(self._source) != self._len:
+            raise DataError(str(self.folder), f"shards hold {len(self._source)} records, the manifest says {self._len}")
+        self._labels = None
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if not -self._len <= index < self._len:
+            raise IndexError(f"{self.folder}: sample {index} outside [0, {self._len})")
+        record = self._source[index % self._len]
+        with self._lock:
+            self.reads += 1
+        return self._type(**json.loads(record))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Classification: the label name of every sample, from labels.npy (no record reads)."""
+        if self.task != CLASSIFICATION:
+            raise AttributeError("labels exist for classification datasets only")
+        if self._labels is None:
+            names = np.array(self.manifest["labels"], dtype=object)
+            self._labels = names[np.load(self.folder / "labels.npy")]
+        return self._labels
+
+    def __getstate__(self):  # picklable for Grain worker processes
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class Subset(Sequence):
+    """base[indices[i]], lazily (max_examples and dropped labels on a prepared dataset)."""
+
+    def __init__(self, base: Sequence, indices: np.ndarray):
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.base[int(self.indices[i])]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.base.labels)[self.indices]
+
+
+class BothDirections(Sequence):
+    """Lazy `transforms.both_directions`: item 2k is pair k, item 2k + 1 its (b, a) copy."""
+
+    def __init__(self, base: Sequence[PairScoreSample]):
+        self.base = base
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i):
+        s = self.base[i // 2]
+        return s if i % 2 == 0 else PairScoreSample(s.text_b, s.text_a, s.score, s.instruction)
+
+
+def sample_labels(samples: Sequence) -> Sequence[str]:
+    """Label names of classification samples, without reading records when the sequence knows them."""
+    labels = getattr(samples, "labels", None)
+    return labels if labels is not None else [s.label for s in samples]
+
+
+def encode_sample(sample) -> bytes:
+    """JSON (no pickle): the dataclass's fields; `SAMPLE_TYPES[task](**json.loads(record))` restores it.
+    (Fields are read directly: dataclasses.asdict deep-copies and costs more than the JSON itself.)"""
+    fields = {name: getattr(sample, name) for name in sample.__dataclass_fields__}
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

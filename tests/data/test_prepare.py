@@ -1,0 +1,208 @@
+"""prepare -> ArrayRecord + manifest -> `prepared:` sources: same batches as in memory, lazy reads, crash-safe."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+
+from qzhou_jax.data import hub, prepared
+from qzhou_jax.data.pipeline import build_pipeline, load_datasets
+from qzhou_jax.data.prepare import prepare
+
+WORDS = "cat dog bird fish red blue green big small one two three four five six seven eight nine ten".split()
+REPO = Path(__file__).parents[2]
+
+
+def sentence(rng, n=None):
+    return " ".join(rng.choice(WORDS, size=n or int(rng.integers(1, 9))))
+
+
+def write_inputs(folder, write_jsonl, n_ret=40):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    write_jsonl(folder / "ret.jsonl.gz", [
+        {"query": sentence(rng), "pos": [sentence(rng) for _ in range(1 + i % 2)],
+         "neg": [sentence(rng) for _ in range(i % 5)]} for i in range(n_ret)], gz=True)
+    pq.write_table(pa.table({"s1": [sentence(rng) for _ in range(30)], "s2": [sentence(rng) for _ in range(30)],
+                             "gold": rng.uniform(0, 5, 30)}), folder / "sts.parquet")
+    write_jsonl(folder / "cls.jsonl", [{"text": sentence(rng), "label": ["a", "b", "c"][i % 3]} for i in range(45)])
+
+
+def in_memory_config(folder):
+    return dict(
+        datasets=[
+            dict(name="ret", source=f"jsonl:{folder}/ret.jsonl.gz", task="retrieval", num_negatives=2,
+                 instruction="find the passage"),
+            dict(name="sts", source=f"parquet:{folder}/sts.parquet", task="pair_score",
+                 fields=dict(text_a="s1", text_b="s2", score="gold"), instruction="same meaning"),
+            dict(name="cls", source=f"jsonl:{folder}/cls.jsonl", task="classification", num_negatives=3,
+                 instruction="classify", max_examples=30),
+        ],
+        defaults=dict(max_len_query=8, max_len_passage=6), alpha=0.5, seed=3, num_threads=2,
+        batch_size=dict(retrieval=4, pair_score=6, classification=4), buckets=(4, 8))
+
+
+def prepared_config(config, out):
+    """The same mixture read from OUT: names, order and batch settings kept, dataset fields from the manifests."""
+    datasets = [dict(name=d["name"], source=f"prepared:{out}/{d['name']}") for d in config["datasets"]]
+    return {**{k: v for k, v in config.items() if k != "defaults"}, "datasets": datasets}
+
+
+def take(dataset, n):
+    it = iter(dataset)
+    return [next(it) for _ in range(n)]
+
+
+def test_prepared_batches_equal_in_memory_batches(tmp_path, write_jsonl, tokenizer):
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    manifests = prepare(config, tmp_path / "out", records_per_shard=16, log=lambda _: None)
+    assert {k: m["num_samples"] for k, m in manifests.items()} == {"ret": 60, "sts": 30, "cls": 30}
+    assert manifests["ret"]["shards"] == [f"data-0000{k}-of-00004.array_record" for k in range(4)]
+    assert manifests["sts"]["spec"]["instruction"] == "same meaning" and manifests["cls"]["labels"] == ["a", "b", "c"]
+    assert manifests["ret"]["sources"][0]["sha256"] and manifests["ret"]["lengths"]["query_chars"]["max"] > 0
+    index = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert index["datasets"]["sts"]["num_samples"] == 30
+
+    memory, info_m = build_pipeline(config, tokenizer, process_index=0, process_count=1)
+    lazy, info_p = build_pipeline(prepared_config(config, tmp_path / "out"), tokenizer, process_index=0,
+                                  process_count=1)
+    assert info_p.sizes == info_m.sizes == [60, 30, 30] and info_p.tasks == info_m.tasks
+    np.testing.assert_array_equal(info_p.probabilities, info_m.probabilities)
+    assert info_p.label_vocabularies == info_m.label_vocabularies
+    seen = set()
+    for a, b in zip(take(memory, 60), take(lazy, 60)):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        seen.add(int(a["dataset_id"][0]))
+    assert seen == {0, 1, 2}
+
+
+def test_records_are_read_lazily_and_per_host(tmp_path, write_jsonl):
+    write_inputs(tmp_path, write_jsonl, n_ret=3000)  # 4500 (query, positive) samples
+    config = in_memory_config(tmp_path)
+    config["datasets"] = config["datasets"][:1]
+    prepare(config, tmp_path / "out", records_per_shard=1000, log=lambda _: None)
+    reads = []
+    for host in (0, 1):
+        cfg = dict(prepared_config(config, tmp_path / "out"), num_threads=1, prefetch_buffer_size=1)
+        datasets, _ = load_datasets(cfg)
+        assert datasets[0].samples.reads == 0  # opening reads no record: n_i comes from the manifest
+        dataset, info = build_pipeline(cfg, None, process_index=host, process_count=2, datasets=datasets)
+        assert info.sizes == [4500]
+        batches = take(dataset, 5)
+        assert all(len(b["anchor"]) == 2 for b in batches)  # per-host half of the global batch of 4
+        reads.append(datasets[0].samples.reads)
+    assert all(10 <= r <= 40 for r in reads), reads  # 5 batches x 2 rows (+ prefetch), never the 4500
+
+
+SLOW_PREPARE = """
+import sys, time
+import qzhou_jax.data.prepare as p
+write = p._write_shard
+def slow(path, records):
+    time.sleep(0.3)
+    write(path, records)
+p._write_shard = slow
+sys.exit(p.main(sys.argv[1:]))
+"""
+
+
+def write_config_file(tmp_path, config):
+    path = tmp_path / "cfg.py"
+    path.write_text(f"import ml_collections\n\n\ndef get_config():\n"
+                    f"    return ml_collections.ConfigDict({{'data': {config!r}}})\n")
+    return path
+
+
+def test_kill_mid_way_then_rerun_gives_the_uninterrupted_shards(tmp_path, write_jsonl):
+    write_inputs(tmp_path, write_jsonl, n_ret=200)  # 300 retrieval samples -> 15 shards of 20
+    cfg = write_config_file(tmp_path, in_memory_config(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = ["--config", str(cfg), "--records-per-shard", "20"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, *argv, "--out", str(tmp_path / "killed")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    folder = tmp_path / "killed" / "ret"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(folder.glob("data-*.array_record"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in folder.glob("data-*.array_record"))
+    assert 3 <= len(done) < 15 and not (folder / "manifest.json").exists()  # really interrupted
+    assert subprocess.run([sys.executable, "-m", "qzhou_jax.data.prepare", *argv, "--out", str(tmp_path / "killed")],
+                          env=env, capture_output=True).returncode == 0
+    prepare(in_memory_config(tmp_path), tmp_path / "clean", records_per_shard=20, log=lambda _: None)
+    for name in ("ret", "sts", "cls"):
+        a, b = tmp_path / "killed" / name, tmp_path / "clean" / name
+        shards = sorted(p.name for p in b.glob("data-*.array_record"))
+        assert sorted(p.name for p in a.glob("data-*.array_record")) == shards
+        for shard in shards:
+            assert (a / shard).read_bytes() == (b / shard).read_bytes(), (name, shard)
+        assert not list(a.glob(".*.tmp"))
+        ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+        assert ma["samples_sha256"] == mb["samples_sha256"] and ma["num_samples"] == mb["num_samples"]
+    records = grain.sources.ArrayRecordDataSource([str(a / s) for s in shards])
+    assert len(records) == 30
+
+
+def test_rerun_with_other_samples_is_refused(tmp_path, write_jsonl):
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    prepare(config, tmp_path / "out", log=lambda _: None)
+    prepare(config, tmp_path / "out", log=lambda _: None)  # finished: skipped
+    write_jsonl(tmp_path / "cls.jsonl", [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(40)])
+    with pytest.raises(ValueError, match="made from other samples"):
+        prepare(config, tmp_path / "out", log=lambda _: None)
+
+
+def test_hub_source_prepared_from_a_local_copy_of_the_repo_layout(tmp_path, write_jsonl, monkeypatch):
+    repo = tmp_path / "bge-m3-data"
+    (repo / "en" / "MSMARCO").mkdir(parents=True)
+    write_jsonl(repo / "en" / "MSMARCO" / "msmarco_len-0-500.jsonl",
+                [{"query": f"q{i}", "pos": [f"p{i}"], "neg": [f"n{i}", f"m{i}"]} for i in range(5)])
+    write_jsonl(repo / "en" / "MSMARCO" / "msmarco_len-500-1000.jsonl",
+                [{"query": f"long q{i}", "pos": [f"long p{i}"], "neg": []} for i in range(3)])
+    (repo / "en" / "NQ").mkdir()
+    write_jsonl(repo / "en" / "NQ" / "nq_len-0-500.jsonl", [{"query": "nq", "pos": ["a"]}])  # not matched
+    calls = []
+    monkeypatch.setattr(hub, "list_repo_files", lambda r: sorted(
+        str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()))
+    monkeypatch.setattr(hub, "download", lambda r, f: calls.append((r, f)) or str(repo / f))
+    config = dict(datasets=[dict(name="msmarco", source="hub:Shitao/bge-m3-data:**/msmarco_len-*.jsonl",
+                                 task="retrieval", instruction="web search")], batch_size=dict(retrieval=2))
+    manifests = prepare(config, tmp_path / "out", log=lambda _: None)
+    assert manifests["msmarco"]["num_samples"] == 8
+    assert {s["file"] for s in manifests["msmarco"]["sources"]} == {
+        "en/MSMARCO/msmarco_len-0-500.jsonl", "en/MSMARCO/msmarco_len-500-1000.jsonl"}
+    assert {f for _, f in calls} == {"en/MSMARCO/msmarco_len-0-500.jsonl", "en/MSMARCO/msmarco_len-500-1000.jsonl"}
+    samples = prepared.PreparedSamples(tmp_path / "out" / "msmarco")
+    assert samples[0].query == "q0" and samples[0].negatives == ("n0", "m0") and samples[7].query == "long q2"
+    with pytest.raises(FileNotFoundError, match="no file of dataset repo"):
+        hub.matching_files("Shitao/bge-m3-data:**/dureader*.jsonl")
+
+
+def test_parallel_workers_and_host_shards_give_the_serial_result(tmp_path, write_jsonl):
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    serial = prepare(config, tmp_path / "serial", records_per_shard=16, log=lambda _: None)
+    parallel = prepare(config, tmp_path / "parallel", records_per_shard=16, workers=2, log=lambda _: None)
+    first = prepare(config, tmp_path / "hosts", records_per_shard=16, shard=(0, 2), log=lambda _: None)
+    assert sorted(first) == ["cls", "ret"] and not (tmp_path / "hosts" / "manifest.json").exists()
+    second = prepare(config, tmp_path / "hosts", records_per_shard=16, shard=(1, 2), log=lambda _: None)
+    assert sorted(second) == ["sts"] and (tmp_path / "hosts" / "manifest.json").exists()  # the last host indexes
+    for name, m in serial.items():
+        other = {**parallel, **first, **second}[name]
+        assert other["samples_sha256"] == m["samples_sha256"] and other["shards"] == m["shards"]
+        for shard in m["shards"]:
+            assert (tmp_path / "parallel" / name / shard).read_bytes() == (tmp_path / "serial" / name / shard).read_bytes()
