@@ -1,5 +1,5 @@
 """Proof that training learns: a small Qwen2-shaped model trained from scratch on the train splits of the shared
-data (retrieval, STS/NLI, classification), both stages, in about 20-30 minutes on a 2-core CPU.
+data (retrieval, STS/NLI, classification), both stages, in about 30-40 minutes on a 2-core CPU.
 
     python -m qzhou_jax.train --config configs/real_small.py --workdir workdirs/real_small
     python -m qzhou_jax.evaluate --model random:small --compare workdirs/real_small/stage2 --tasks all \
@@ -34,7 +34,7 @@ def get_config(arg="both"):
     c.eval.max_length = 128
     c.export.dtype = "float32"
     c.loss.tau = 0.05  # from scratch, a softer temperature trains faster than the paper's 0.02 (fine-tuning)
-    c.loss.cosent_tau = 0.05
+    c.loss.cosent_tau = 0.05  # unused in stage 1 (retrieval only); stage 2 sets its own
     retrieval = presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
     c.data = dict(
         datasets=retrieval, alpha=0.5, eta=None, seed=0,
@@ -46,12 +46,17 @@ def get_config(arg="both"):
         return c
     c2 = c.copy_and_resolve_references()
     c2.optim.lr = 5e-4
-    c2.train.steps = 250
-    c2.eval.every = 250
-    c2.checkpoint.every = 125
+    # From scratch the symmetric tasks need steps and a soft CoSENT (docs/learning.md): at the paper's eta = 0.72
+    # stage 2 gave CoSENT 25 of 250 steps, and at cosent_tau = 0.05 those steps collapsed the pair cosines onto
+    # the log(1 + #ordered pairs) plateau instead of ranking them. Symmetric batches are cheaper than retrieval
+    # ones, so 400 steps at eta = 0.3 cost about what 250 at 0.72 did.
+    c2.loss.cosent_tau = 0.5
+    c2.train.steps = 400
+    c2.eval.every = 400
+    c2.checkpoint.every = 200
     c2.data.datasets = (retrieval + presets.pair_score(max_len=48, chinese=False)
                         + presets.classification(max_len=48, num_negatives=1, chinese=False))
-    c2.data.eta = 0.72
+    c2.data.eta = 0.3
     if arg == "stage2":
         return c2
     return ml_collections.ConfigDict(dict(stages=dict(stage1=c, stage2=c2)))

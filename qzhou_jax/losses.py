@@ -150,7 +150,16 @@ def _infonce(pos: Array, blocks: Sequence[tuple[Array, Array]], tau: float) -> t
     logits = jnp.where(keep, sims / tau, _MASKED_LOGIT)
     loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos / tau)
     accuracy = jnp.mean((jnp.argmax(logits, axis=1) == 0).astype(jnp.float32))
-    return loss, {"accuracy": accuracy, "num_negatives": jnp.mean(jnp.sum(keep[:, 1:], axis=1).astype(jnp.float32))}
+    return loss, {"accuracy": accuracy, "num_negatives": jnp.mean(jnp.sum(keep[:, 1:], axis=1).astype(jnp.float32)),
+                  "sim_spread": _masked_std(sims, keep)}
+
+
+def _masked_std(x: Array, keep: Array) -> Array:
+    """Std of the kept entries: the spread of the cosines a loss ranks; near 0 means collapse (docs/learning.md)."""
+    keep = keep.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(keep), 1.0)
+    mean = jnp.sum(x * keep) / n
+    return jax.lax.stop_gradient(jnp.sqrt(jnp.sum(keep * (x - mean) ** 2) / n))
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -244,7 +253,8 @@ def _cosent(a, b, score, *, tau, anchor_hash=None, cand_hash=None):
     # Fraction of ordered pairs whose similarities agree with the gold order (a cheap ranking metric).
     n_above = jnp.sum(above)
     concordant = jnp.sum(above & (s[:, None] > s_cols[None, :])) / jnp.maximum(n_above, 1)
-    metrics = {"pair_accuracy": concordant.astype(jnp.float32), "num_ordered_pairs": n_above.astype(jnp.float32)}
+    metrics = {"pair_accuracy": concordant.astype(jnp.float32), "num_ordered_pairs": n_above.astype(jnp.float32),
+               "sim_spread": jax.lax.stop_gradient(jnp.std(s))}
     if masked is not None:
         metrics["masked_duplicates"] = masked
     return loss, metrics

@@ -247,6 +247,11 @@ def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[s
         if key in last:
             scalars[key] = float(np.mean([float(m[key]) for m in fetched if key in m]))
     scalars["masked_duplicates"] = sum(float(m.get("masked_duplicates", 0.0)) for m in fetched)  # over the window
+    for key in ("sim_spread", "pair_accuracy"):  # per task: a spread near 0 is representation collapse
+        for task in sorted({w[0] for w in window}):
+            values = [float(m[key]) for w, m in zip(window, fetched) if w[0] == task and key in m]
+            if values:
+                scalars[f"{key}/{task}"] = float(np.mean(values))
     examples = sum(float(m["examples"]) for m in fetched)
     tokens = sum(float(m["tokens"]) for m in fetched)
     scalars.update(examples_per_s=examples / seconds, tokens_per_s=tokens / seconds)

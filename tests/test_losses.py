@@ -360,3 +360,24 @@ def test_switch_cases_cover_every_switch_both_ways():
     """Guards the parametrisation above: every switch is exercised on and off."""
     for name in SWITCHES:
         assert {case[name] for case in SWITCH_CASES} == {True, False}
+
+
+def test_sim_spread_is_std_of_the_cosines_each_loss_ranks():
+    """sim_spread (docs/learning.md): CoSENT, the std of the pair cosines; InfoNCE, the std over every similarity
+    in a denominator (positives and kept negatives), by a loop over the paper-default retrieval terms."""
+    a, c, valid = make_batch(21)
+    score = np.random.default_rng(21).integers(0, 3, B).astype(np.float32)
+    _, m = losses.task_loss("pair_score", a, c[:, :1], None, score=score)
+    np.testing.assert_allclose(float(m["sim_spread"]), np.std([_cos(a[i], c[i, 0]) for i in range(B)]), **TOL)
+
+    _, m = losses.task_loss("retrieval", a, c, valid)
+    sims = []
+    for i in range(B):
+        sims.append(_cos(a[i], c[i, 0]))
+        sims += [_cos(a[i], c[j, k]) for j in range(B) for k in range(C) if valid[j, k] and (j, k) != (i, 0)]
+        sims += [_cos(a[i], a[j]) for j in range(B) if j != i]
+    np.testing.assert_allclose(float(m["sim_spread"]), np.std(sims), **TOL)
+    # all embeddings equal (collapse): no spread
+    same = np.broadcast_to(a[:1], a.shape)
+    _, m = losses.task_loss("pair_score", same, np.broadcast_to(a[:1, None], (B, 1, E)), None, score=score)
+    assert float(m["sim_spread"]) < 1e-6
