@@ -41,11 +41,9 @@ def get_config(arg="both"):
     c.eval.split = "dev"        # tasks without a dev split fall back to their own
     c.eval.max_examples = 200
     c.eval.max_length = 96
-    c.data = dict(
-        datasets=retrieval_datasets(), alpha=0.5, eta=None, seed=0,
-        batch_size=dict(retrieval=16, pair_score=32, classification=16),
-        buckets=(16, 32, 64, 96), skip_invalid=False,
-    )
+    c.data.datasets = retrieval_datasets()
+    c.data.batch_size = dict(retrieval=16, pair_score=32, classification=16)
+    c.data.buckets = (16, 32, 64, 96)
     if arg == "stage1":
         return c
     c2 = c.copy_and_resolve_references()

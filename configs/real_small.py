@@ -36,11 +36,9 @@ def get_config(arg="both"):
     c.loss.tau = 0.05  # from scratch, a softer temperature trains faster than the paper's 0.02 (fine-tuning)
     c.loss.cosent_tau = 0.05
     retrieval = presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
-    c.data = dict(
-        datasets=retrieval, alpha=0.5, eta=None, seed=0,
-        batch_size=dict(retrieval=32, pair_score=64, classification=32),
-        buckets=(16, 32, 64, 128),
-    )
+    c.data.datasets = retrieval
+    c.data.batch_size = dict(retrieval=32, pair_score=64, classification=32)
+    c.data.buckets = (16, 32, 64, 128)
     if arg == "stage1":
         return c
     c2 = c.copy_and_resolve_references()
