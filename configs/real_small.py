@@ -14,7 +14,11 @@ from qzhou_jax.config_base import base
 from qzhou_jax.data import presets
 
 
-def get_config(arg="both"):
+def retrieval():
+    return presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
+
+
+def stage1():
     c = base()
     c.model.preset = "small"
     c.model.dtype = "float32"
@@ -35,18 +39,22 @@ def get_config(arg="both"):
     c.export.dtype = "float32"
     c.loss.tau = 0.05  # from scratch, a softer temperature trains faster than the paper's 0.02 (fine-tuning)
     c.loss.cosent_tau = 0.05
-    retrieval = presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
-    c.data.datasets = retrieval
+    c.data.datasets = retrieval()
     c.data.batch_size = dict(retrieval=32, pair_score=64, classification=32)
     c.data.buckets = (16, 32, 64, 128)
+    return c
+
+
+def get_config(arg="both"):
+    c = stage1()
     if arg == "stage1":
         return c
-    c2 = c.copy_and_resolve_references()
+    c2 = stage1()  # a fresh copy (copy_and_resolve_references would drop the types of None defaults)
     c2.optim.lr = 5e-4
     c2.train.steps = 250
     c2.eval.every = 250
     c2.checkpoint.every = 125
-    c2.data.datasets = (retrieval + presets.pair_score(max_len=48, chinese=False)
+    c2.data.datasets = (retrieval() + presets.pair_score(max_len=48, chinese=False)
                         + presets.classification(max_len=48, num_negatives=1))
     c2.data.eta = 0.72
     if arg == "stage2":

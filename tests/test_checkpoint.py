@@ -15,9 +15,10 @@ COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=5", "--config
           "--config.export.at_end=False", "--config.plot=False", "--config.eval.tasks=()"]
 
 
-def _cli(workdir, *extra):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1", f"--workdir={workdir}",
+def _cli(workdir, *extra, crash_after_step=0):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               QZ_CRASH_AFTER_STEP=str(crash_after_step))
+    cmd = [sys.executable, "-m", "tests.fault_train", "--config=configs/demo.py:stage1", f"--workdir={workdir}",
            *COMMON, "--config.mesh.shape=(2,2,2)", *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -31,7 +32,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = _cli(straight, "--config.train.steps=20")
     assert done.returncode == 0, done.stderr[-3000:]
-    crash = _cli(killed, "--config.train.steps=20", "--config.train.crash_after_step=12")
+    crash = _cli(killed, "--config.train.steps=20", crash_after_step=12)
     assert crash.returncode == 17, crash.stderr[-3000:]  # died without any shutdown after step 12
     assert sorted(checkpoint_steps(killed)) == [5, 10]
     resumed = _cli(killed, "--config.train.steps=20")

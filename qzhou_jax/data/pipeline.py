@@ -18,7 +18,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from qzhou_jax.data import adapters, mixture, shared_data, sources
+from qzhou_jax.data import adapters, checks, mixture, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -69,6 +69,7 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
     otherwise give a one-label slice. The subset depends on (seed, dataset name) only, so hosts agree.
     """
     samples = read_samples(spec, counter)
+    checks.check_read(spec, samples, counter)  # too many bad rows, none left, degenerate data: refused here
     if spec.task == CLASSIFICATION:  # in the file itself a label with one text is bad input
         for label in LabelIndex(samples).singleton_labels():
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
@@ -97,7 +98,7 @@ class LoadedDataset:
 
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
     config = DataConfig.from_config(config)
-    counter = counter or SkipCounter(skip_invalid=config.skip_invalid)
+    counter = counter or SkipCounter(skip_invalid=config.skip_invalid, max_skipped_fraction=config.max_skipped_fraction)
     return [LoadedDataset(spec, load_samples(spec, counter, config.seed)) for spec in config.datasets], counter
 
 
