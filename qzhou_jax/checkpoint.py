@@ -198,7 +198,9 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
     onto the default device.
     """
     manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
-                                    item_handlers={"state": ocp.StandardCheckpointHandler(),  # as saved
+                                    # Standard* is PyTree* underneath (same files), but only PyTreeRestore can
+                                    # read the params subtree without the optimizer state (3x the memory).
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                    "meta": ocp.JsonCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     steps = sorted(manager.all_steps(), reverse=True)
@@ -221,7 +223,9 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
                                   params_meta, shardings)
             restored = manager.restore(candidate, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore({"params": target}, strict=False)))  # params only
+                state=ocp.args.PyTreeRestore(item={"params": target}, restore_args=jax.tree.map(
+                    lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), {"params": target}),
+                    partial_restore=True)))
             params = restored["state"]["params"]
             _verify(meta.get("fingerprint"), {"params": params}, f"{workdir}: checkpoint step {candidate}")
             return params, config, {**meta, "step": candidate}
