@@ -168,6 +168,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)])
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_run_at_the_next_step_and_keeps_what_was_saved(small_tmpfs):
     workdir = small_tmpfs / "run"
     cfg = demo_config("--config.train.steps=12", "--config.checkpoint.async_save=True")
