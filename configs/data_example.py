@@ -3,15 +3,15 @@
 Inspect it with:  python -m qzhou_jax.data.inspect --config configs/data_example.py
 Field reference: qzhou_jax/data/spec.py. Stage configs copy `config.data` from here and change sizes.
 """
-import ml_collections
+from qzhou_jax.config_base import base
 
 RETRIEVAL_DEFAULTS = dict(max_len_query=64, max_len_passage=256)
 SYMMETRIC_DEFAULTS = dict(max_len_query=64, max_len_passage=64)
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    data = config.data = ml_collections.ConfigDict()
+    config = base()  # the data block with every default key; only `data` is used by inspect
+    data = config.data
     data.datasets = [
         # Retrieval: BEIR qrels -> (claim, abstract) pairs; "beir:{data_dir}/scifact" reads the same folder.
         dict(name="scifact", source="shared:scifact", split="train", num_negatives=3,
@@ -45,13 +45,7 @@ def get_config():
         # dict(name="glue_stsb", source="tfds:glue/stsb", task="pair_score", data_dir="/path/to/tfds",
         #      fields=dict(score="label")),
     ]
-    data.alpha = 0.5
-    data.eta = 0.72  # stage 2: retrieval share; None for plain n^alpha
+    data.eta = 0.72  # stage 2: retrieval share; None for plain n^alpha (other keys: config_base.DATA)
     data.batch_size = dict(retrieval=16, pair_score=48, classification=16)  # global, per task type
     data.buckets = (32, 64, 128, 256)
-    data.seed = 0
-    data.skip_invalid = False
-    data.prompt_sep = " "
-    data.num_threads = 2
-    data.prefetch_buffer_size = 4
     return config

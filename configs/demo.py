@@ -23,7 +23,7 @@ def other_datasets():
             + presets.classification(max_len=32, num_negatives=1, max_examples=1500)[:1])
 
 
-def get_config(arg="both"):
+def stage1():
     c = base()
     c.model.preset = "demo"
     c.model.dtype = "float32"      # bf16 matmuls are slow on CPU; the real stages use bf16
@@ -41,15 +41,17 @@ def get_config(arg="both"):
     c.eval.split = "dev"        # tasks without a dev split fall back to their own
     c.eval.max_examples = 200
     c.eval.max_length = 96
-    c.data = dict(
-        datasets=retrieval_datasets(), alpha=0.5, eta=None, seed=0,
-        batch_size=dict(retrieval=16, pair_score=32, classification=16),
-        buckets=(16, 32, 64, 96), skip_invalid=False,
-        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
-    )
+    c.data.datasets = retrieval_datasets()
+    c.data.batch_size = dict(retrieval=16, pair_score=32, classification=16)
+    c.data.buckets = (16, 32, 64, 96)
+    return c
+
+
+def get_config(arg="both"):
+    c = stage1()
     if arg == "stage1":
         return c
-    c2 = c.copy_and_resolve_references()
+    c2 = stage1()  # a fresh copy (copy_and_resolve_references would drop the types of None defaults)
     c2.optim.lr = 5e-4
     c2.data.datasets = retrieval_datasets() + other_datasets()
     c2.data.eta = 0.72  # stage 2: 72% of batches from retrieval datasets (RECIPE 5)

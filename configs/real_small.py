@@ -1,5 +1,5 @@
 """Proof that training learns: a small Qwen2-shaped model trained from scratch on the train splits of the shared
-data (retrieval, STS/NLI, classification), both stages, in about 30-40 minutes on a 2-core CPU.
+data (retrieval, STS/NLI, classification), both stages, in about 20-30 minutes on a 2-core CPU.
 
     python -m qzhou_jax.train --config configs/real_small.py --workdir workdirs/real_small
     python -m qzhou_jax.evaluate --model random:small --compare workdirs/real_small/stage2 --tasks all \
@@ -14,7 +14,11 @@ from qzhou_jax.config_base import base
 from qzhou_jax.data import presets
 
 
-def get_config(arg="both"):
+def retrieval():
+    return presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
+
+
+def stage1():
     c = base()
     c.model.preset = "small"
     c.model.dtype = "float32"
@@ -35,16 +39,17 @@ def get_config(arg="both"):
     c.export.dtype = "float32"
     c.loss.tau = 0.05  # from scratch, a softer temperature trains faster than the paper's 0.02 (fine-tuning)
     c.loss.cosent_tau = 0.05  # unused in stage 1 (retrieval only); stage 2 sets its own
-    retrieval = presets.retrieval(max_len_query=64, max_len_passage=128, num_negatives=1, chinese=False)
-    c.data = dict(
-        datasets=retrieval, alpha=0.5, eta=None, seed=0,
-        batch_size=dict(retrieval=32, pair_score=64, classification=32),
-        buckets=(16, 32, 64, 128),
-        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
-    )
+    c.data.datasets = retrieval()
+    c.data.batch_size = dict(retrieval=32, pair_score=64, classification=32)
+    c.data.buckets = (16, 32, 64, 128)
+    return c
+
+
+def get_config(arg="both"):
+    c = stage1()
     if arg == "stage1":
         return c
-    c2 = c.copy_and_resolve_references()
+    c2 = stage1()  # a fresh copy (copy_and_resolve_references would drop the types of None defaults)
     c2.optim.lr = 5e-4
     # From scratch the symmetric tasks need steps and a soft CoSENT (docs/learning.md): at the paper's eta = 0.72
     # stage 2 gave CoSENT 25 of 250 steps, and at cosent_tau = 0.05 those steps collapsed the pair cosines onto
@@ -54,7 +59,7 @@ def get_config(arg="both"):
     c2.train.steps = 400
     c2.eval.every = 400
     c2.checkpoint.every = 200
-    c2.data.datasets = (retrieval + presets.pair_score(max_len=48, chinese=False)
+    c2.data.datasets = (retrieval() + presets.pair_score(max_len=48, chinese=False)
                         + presets.classification(max_len=48, num_negatives=1, chinese=False))
     c2.data.eta = 0.3
     if arg == "stage2":

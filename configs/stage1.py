@@ -36,14 +36,11 @@ def get_config(arg: str = ""):
     c.eval.every = 2000
     c.eval.tasks = ("SciFact", "STSBenchmark")
     c.eval.max_examples = 500
-    c.data = dict(
-        # Add your own corpora, e.g. dict(name="msmarco", source="jsonl:/data/msmarco_hn.jsonl.gz",
-        # task="retrieval", instruction="Given a web search query, retrieve relevant passages ...", num_negatives=4)
-        datasets=(paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
-                  presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4)),
-        alpha=0.5, eta=None, seed=0,
-        batch_size=dict(retrieval=256, pair_score=768, classification=256),
-        buckets=(64, 128, 256, 512, 1024, 1536),
-        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
-    )
+    # Add your own corpora, e.g. dict(name="msmarco", source="jsonl:/data/msmarco_hn.jsonl.gz",
+    # task="retrieval", instruction="Given a web search query, retrieve relevant passages ...", num_negatives=4)
+    c.data.datasets = (paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
+                       presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
+    c.data.alpha = 0.5
+    c.data.batch_size = dict(retrieval=256, pair_score=768, classification=256)
+    c.data.buckets = (64, 128, 256, 512, 1024, 1536)
     return c

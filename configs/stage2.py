@@ -8,7 +8,7 @@ Paper numbers: 8k steps, lr 2e-5, 300 warm-up steps (unconfirmed), batch 256 for
 tau 0.02, eta = 0.72. `init_from` takes a stage-1 workdir (params only, no optimizer state) or an HF directory
 (e.g. a stage-1 export); `model.hf_dir` still supplies the architecture config and tokenizer.
 """
-from qzhou_jax.config_base import base
+from qzhou_jax.config_base import REQUIRED, base
 from qzhou_jax.data import paper_mix, presets
 
 PAPER_DIR = "prepared/paper_mix"  # `prepare --config configs/paper_mix.py --out` folder for the ":paper" variant
@@ -26,7 +26,9 @@ def get_config(arg: str = ""):
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat_policy = "full"
-    c.init_from = ""                 # stage-1 workdir (or an HF dir); empty: start from model.hf_dir
+    # A stage-1 workdir (or an HF dir). Left unset the run refuses to start (stage 2 from the base model by
+    # accident is a silent wrong model); --config.init_from=base starts from model.hf_dir on purpose.
+    c.init_from = REQUIRED
     c.mesh.shape = (1, -1, 1)
     c.optim.lr = 2e-5
     c.optim.warmup_steps = 300
@@ -39,16 +41,14 @@ def get_config(arg: str = ""):
     c.eval.every = 1000
     c.eval.tasks = ("SciFact", "STSBenchmark", "Banking77Classification")
     c.eval.max_examples = 500
-    c.data = dict(
-        # ":paper": the paper's retrieval mix; pair-score and classification stay the shared sets (the report
-        # does not name its NLI/STS/classification sources)
-        datasets=((paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
-                   presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
-                  + presets.pair_score(max_len=256)
-                  + presets.classification(max_len=256, num_negatives=4)),
-        alpha=0.5, eta=0.72, seed=0,  # RECIPE 5: retrieval share 0.72 of batches
-        batch_size=dict(retrieval=256, pair_score=768, classification=256),
-        buckets=(64, 128, 256, 512, 1024, 1536),
-        packing=0,  # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
-    )
+    # ":paper": the paper's retrieval mix; pair-score and classification stay the shared sets (the report
+    # does not name its NLI/STS/classification sources)
+    c.data.datasets = ((paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
+                        presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
+                       + presets.pair_score(max_len=256)
+                       + presets.classification(max_len=256, num_negatives=4))
+    c.data.alpha = 0.5
+    c.data.eta = 0.72  # RECIPE 5: retrieval share 0.72 of batches
+    c.data.batch_size = dict(retrieval=256, pair_score=768, classification=256)
+    c.data.buckets = (64, 128, 256, 512, 1024, 1536)
     return c

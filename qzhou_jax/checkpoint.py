@@ -3,25 +3,28 @@
 Layout: `WORKDIR/checkpoints/<step>/{state, data_iter, meta}`.
 - `state`: params, optimizer state and step (sharded arrays, restored straight into their shardings);
 - `data_iter`: the Grain iterator's state, one file per host (Grain's own Orbax handler);
-- `meta`: JSON with the model config, the run config and the RNG seed.
+- `meta`: JSON with the model config, the run config, the state's fingerprint and structure (fingerprint.py),
+  and the iterator state again (for a resume on another host count).
 Orbax writes every checkpoint to a temporary directory and renames it when complete, and deletes old ones only
 after a newer one is committed, so a crash mid-save never costs a finished checkpoint. A checkpoint that is
-still unreadable (disk corruption, a partial copy) is reported, moved aside and the previous one is used.
+still unreadable (disk corruption, a partial copy), or whose arrays do not match the fingerprint saved with
+them, is reported, moved aside and the previous one is used.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from qzhou_jax import fingerprint
 from qzhou_jax.model import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -45,33 +48,88 @@ def make_manager(workdir: str, *, every: int, keep: int, keep_best: bool = False
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS, item_handlers=handlers)
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint save failed (e.g. a full disk); names the directory and its free space."""
+
+
+def save_error(manager: ocp.CheckpointManager, step: int | None, error: BaseException) -> CheckpointSaveError:
+    directory = str(manager.directory)
+    try:
+        usage = shutil.disk_usage(directory)
+        space = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+    except OSError:
+        space = "free space unknown"
+    what = f"step {step}" if step is not None else "a background save"
+    return CheckpointSaveError(f"saving checkpoint {what} to {directory} failed ({type(error).__name__}: "
+                               f"{str(error)[:300]}); {space} there. The checkpoints already committed are intact; "
+                               f"free space (or point the workdir elsewhere) and rerun to resume from the newest.")
+
+
+def check_background_save(manager: ocp.CheckpointManager) -> None:
+    """Raises CheckpointSaveError if an asynchronous save has failed since the last call (cheap: every step)."""
+    try:
+        manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - whatever the writer raised, the run must stop and say where
+        raise save_error(manager, None, e) from e
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, *, force: bool = False,
          metrics: dict | None = None) -> bool:
+    """Saves state + iterator + meta; meta also records the state's fingerprint and structure (checked on
+    restore) and the iterator state (used when the host count changed)."""
+    meta = {**meta, "fingerprint": fingerprint.fingerprint(_parts(state)),
+            "state_shapes": fingerprint.shapes(_parts(state)), "data_iter_state": data_iter.get_state()}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(data_iter),
                               meta=ocp.args.JsonSave(meta))
-    return manager.save(step, args=args, force=force, metrics=metrics)
+    try:
+        return manager.save(step, args=args, force=force, metrics=metrics)
+    except Exception as e:  # noqa: BLE001
+        raise save_error(manager, step, e) from e
+
+
+def _parts(state) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def state_shapes(abstract_state) -> dict[str, str]:
+    return fingerprint.shapes(_parts(abstract_state))
+
+
+def _verify(fingerprint_saved: dict | None, tree: dict, where: str) -> None:
+    """Raises when the restored arrays differ from what was saved (silent disk corruption, a bad copy)."""
+    if fingerprint_saved is None:  # a checkpoint from before fingerprints
+        return
+    current = fingerprint.fingerprint(tree)
+    saved = {k: v for k, v in fingerprint_saved.items() if k in current}
+    if bad := fingerprint.mismatches(saved, current):
+        raise ValueError(f"{where}: restored arrays do not match the fingerprint saved with them "
+                         f"({len(bad)} leaves, e.g. {bad[:3]}): the files were changed after saving")
+
+
+def latest_meta(manager: ocp.CheckpointManager) -> tuple[int, dict] | None:
+    """(step, meta) of the newest checkpoint whose meta reads, or None."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:  # noqa: BLE001 - an unreadable one is handled by restore_latest
+            continue
+    return None
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter) -> tuple[Any, int, dict] | None:
     """(state, step, meta) from the newest readable checkpoint, or None when there is none.
 
-    A checkpoint that cannot be read is reported and the previous one tried; once one restores, the unreadable
-    newer ones are moved aside (their step numbers will be written again). If checkpoints exist but none can be
-    read, nothing is moved and the error is raised: a run never silently starts over.
-    A checkpoint saved by another number of processes has no iterator file for this one; every host's iterator
-    state is the same global position of the step mixture, so it is used as it is (a run may change host count).
+    A checkpoint that cannot be read, or whose arrays do not match the fingerprint saved with them, is reported
+    and the previous one tried; once one restores, the unreadable newer ones are moved aside (their step numbers
+    will be written again). If checkpoints exist but none can be read, nothing is moved and the error is raised:
+    a run never silently starts over. A checkpoint saved by another number of processes has no iterator file
+    for this one: the iterator state recorded in its meta (the same global position on every host) is used.
     """
     failed: list[tuple[int, Exception]] = []
     for step in sorted(manager.all_steps(), reverse=True):
-        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-        own_iter = _iter_file(manager, step, jax.process_index(), jax.process_count())
-        if os.path.exists(own_iter):
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
-            if "data_iter" not in items:
-                data_iter.set_state(_iter_state_from_other_topology(manager, step))
+            restored = _restore_step(manager, step, abstract_state, data_iter)
         except Exception as e:  # noqa: BLE001 - any failure to read means: not a usable checkpoint
             _warn(f"checkpoint step {step} in {manager.directory} is unreadable ({type(e).__name__}: "
                   f"{str(e)[:300]}); trying the previous one")
@@ -88,22 +146,24 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter) ->
     return None
 
 
-def _iter_file(manager, step, index, count) -> str:
-    return os.path.join(str(manager.directory), str(step), "data_iter", f"process_{index}-of-{count}.json")
-
-
-def _iter_state_from_other_topology(manager: ocp.CheckpointManager, step: int) -> dict:
-    folder = os.path.join(str(manager.directory), str(step), "data_iter")
-    files = sorted(glob.glob(os.path.join(folder, "process_*-of-*.json")))
-    states = set()
-    for path in files:
-        with open(path) as f:
-            states.add(f.read())
-    if len(states) != 1:
-        raise ValueError(f"{folder}: {len(states)} distinct iterator states in {len(files)} host files; resume with "
-                         f"the number of processes it was saved with")
-    log.info("checkpoint step %d was saved by %d processes; its iterator position carries over", step, len(files))
-    return json.loads(states.pop())
+def _restore_step(manager, step, abstract_state, data_iter) -> dict:
+    items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **items, data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    except Exception as e:  # noqa: BLE001 - e.g. no iterator file for this host count: the meta's copy
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        if "data_iter_state" not in restored["meta"]:
+            raise e
+        data_iter.set_state(restored["meta"]["data_iter_state"])
+        log.info("checkpoint step %d: iterator position taken from its metadata (%s)", step, type(e).__name__)
+    _verify(restored["meta"].get("fingerprint"), _parts(restored["state"]), f"checkpoint step {step}")
+    if jax.process_count() > 1:  # every host restored the same step (each verified its own read)
+        from jax.experimental import multihost_utils
+        steps = multihost_utils.process_allgather(np.array(step))
+        if len(set(np.asarray(steps).ravel().tolist())) != 1:
+            raise RuntimeError(f"hosts restored different checkpoint steps {sorted(set(steps.ravel().tolist()))}")
+    return restored
 
 
 def _warn(message: str) -> None:
@@ -138,6 +198,8 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
     onto the default device.
     """
     manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
+                                    # Standard* is PyTree* underneath (same files), but only PyTreeRestore can
+                                    # read the params subtree without the optimizer state (3x the memory).
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                    "meta": ocp.JsonCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
@@ -164,14 +226,17 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
                 state=ocp.args.PyTreeRestore(item={"params": target}, restore_args=jax.tree.map(
                     lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), {"params": target}),
                     partial_restore=True)))
-            return restored["state"]["params"], config, {**meta, "step": candidate}
+            params = restored["state"]["params"]
+            _verify(meta.get("fingerprint"), {"params": params}, f"{workdir}: checkpoint step {candidate}")
+            return params, config, {**meta, "step": candidate}
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001
             if step is not None:
                 raise
             last_error = e
-            log.warning("checkpoint step %d unreadable (%s); trying an older one", candidate, e)
+            _warn(f"{workdir}: checkpoint step {candidate} unreadable ({type(e).__name__}: {str(e)[:300]}); "
+                  f"trying an older one")
     raise RuntimeError(f"{workdir}: no readable checkpoint ({last_error})")
 
 

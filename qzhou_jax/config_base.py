@@ -1,54 +1,102 @@
-"""Defaults shared by every training config (configs/*.py start from `base()` and change what differs).
+"""Defaults shared by every training config: the ONE table of documented keys (configs/*.py start from `base()`
+and change what differs; they never replace a whole block, so every key stays overridable on every config).
 
 Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export. Every key can be overridden
 on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
+A key whose default is None is declared with `optional(type)` so that an override of it parses
+(`--config.data.eta=0.72`). Adding a key is one line in its block's table below.
 """
 import ml_collections
 
+REQUIRED = "<required>"  # init_from of configs/stage2.py: the run refuses to start until it is set
 
-def base():
+
+def optional(field_type):
+    """A None default that `--config.x=value` can still override (a bare None has no type to parse into)."""
+    return ml_collections.FieldReference(None, field_type=field_type)
+
+
+MODEL = dict(
+    hf_dir="",            # HF Qwen2 directory (weights + config.json); empty: a preset with random init
+    preset="demo",        # used when hf_dir is empty (qzhou_jax/model/config.py PRESETS)
+    tokenizer="",         # tokenizer dir; empty: hf_dir's, else the built-in Qwen2.5 tokenizer
+    attention="bidirectional",
+    pooling="mean",
+    dtype="bfloat16",     # compute dtype (RECIPE 6: bf16)
+    param_dtype="float32",  # master weights
+    remat_policy="full",  # none | full | dots | dots_no_batch
+    scan_layers=True,
+    attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
+)
+# Checked against losses.LossConfig's defaults by tests/test_config_base.py.
+LOSS = dict(
+    tau=0.02, cosent_tau=0.02, hard_negatives=True, in_batch_docs=True, query_query=True,
+    doc_query=False, doc_doc=False, false_negative_margin=(None, float), matryoshka_dims=(None, tuple),
+)
+OPTIM = dict(
+    lr=2e-5,
+    warmup_steps=300,     # in optimizer updates (= train.steps / grad_accum_steps of them in all)
+    decay="linear",       # linear | cosine | constant (linear to 0: unconfirmed)
+    final_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8,
+    weight_decay=0.01,    # on kernels and embeddings only (unconfirmed)
+    grad_clip=1.0,        # global-norm clipping; 0 disables (unconfirmed)
+    grad_accum_steps=1,   # micro-batches per optimizer update (shrinks in-batch negatives; GradCache does not)
+)
+TRAIN = dict(
+    steps=8000,           # micro-batches (loop steps); logs and checkpoints count these
+    seed=0, log_every=10, gradcache_chunks=0, max_consecutive_nonfinite=20,
+    stall_steps=20,       # warn when grad norm is exactly 0 or the loss is constant this many steps in a row
+    peak_flops_per_device=0.0,  # 0: looked up from the device kind (TPU v4/v5/v6, A100, H100, ...)
+)
+# The data block; qzhou_jax/data/spec.py (DataConfig) takes its defaults from here. `datasets` is set per config.
+DATA = dict(
+    datasets=[],
+    alpha=0.5,            # p_i proportional to n_i^alpha
+    eta=(None, float),    # stage 2: retrieval share of batches (RECIPE 5: 0.72); None: plain n^alpha
+    batch_size=dict(retrieval=256, pair_score=768, classification=256),  # GLOBAL, per task type
+    buckets=(32, 64, 128, 256, 512, 1024, 1536),
+    seed=0,
+    skip_invalid=False,   # count and skip malformed rows instead of raising
+    max_skipped_fraction=0.01,  # with skip_invalid: stop when more than this share of a dataset's rows is bad
+    prompt_sep=" ",       # text between "Query:" and the text
+    num_threads=2, prefetch_buffer_size=4,
+    packing=0,            # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
+)
+CHECKPOINT = dict(every=500, keep=3, keep_best=False, best_metric="", async_save=True)
+# split "dev" where a task has one (its own split otherwise): the best checkpoint is not picked on test data.
+EVAL = dict(every=1000, tasks=(), split="dev", max_examples=0, batch_size=64, max_length=512)
+EXPORT = dict(at_end=True, dtype="bfloat16")
+TOP = dict(
+    init_from="",         # a stage-1 workdir (params only) or an HF dir; "base": model.hf_dir / the preset
+    plot=True,
+    distributed=False,    # multi-host: call jax.distributed.initialize() (TPU VMs / SLURM fill in the rest)
+)
+BLOCKS = dict(model=MODEL, loss=LOSS, optim=OPTIM, train=TRAIN, data=DATA, checkpoint=CHECKPOINT, eval=EVAL,
+              export=EXPORT)
+
+
+def plain_default(value):
+    """A table entry as a plain value: (None, type) -> None."""
+    return None if isinstance(value, tuple) and len(value) == 2 and value[0] is None else value
+
+
+def _block(table: dict) -> ml_collections.ConfigDict:
+    block = ml_collections.ConfigDict()
+    for key, value in table.items():
+        if isinstance(value, tuple) and len(value) == 2 and value[0] is None and isinstance(value[1], type):
+            block[key] = optional(value[1])
+        elif isinstance(value, dict):
+            block[key] = ml_collections.ConfigDict(value)
+        else:
+            block[key] = value
+    return block
+
+
+def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-
-    c.model = ml_collections.ConfigDict(dict(
-        hf_dir="",            # HF Qwen2 directory (weights + config.json); empty: a preset with random init
-        preset="demo",        # used when hf_dir is empty (qzhou_jax/model/config.py PRESETS)
-        tokenizer="",         # tokenizer dir; empty: hf_dir's, else the built-in Qwen2.5 tokenizer
-        attention="bidirectional",
-        pooling="mean",
-        dtype="bfloat16",     # compute dtype (RECIPE 6: bf16)
-        param_dtype="float32",  # master weights
-        remat_policy="full",  # none | full | dots | dots_no_batch
-        scan_layers=True,
-        attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
-    ))
-    c.init_from = ""  # stage 2: a stage-1 workdir (params only) or an HF dir
-
+    for name, table in BLOCKS.items():
+        c[name] = _block(table)
     c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor); -1 takes the rest
-
-    c.loss = ml_collections.ConfigDict(dict(
-        tau=0.02, cosent_tau=0.02, hard_negatives=True, in_batch_docs=True, query_query=True,
-        doc_query=False, doc_doc=False, false_negative_margin=ml_collections.FieldReference(None, field_type=float),
-        matryoshka_dims=ml_collections.FieldReference(None, field_type=tuple),
-    ))
-
-    c.optim = ml_collections.ConfigDict(dict(
-        lr=2e-5, warmup_steps=300, decay="linear", final_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.01, grad_clip=1.0, grad_accum_steps=1,
-    ))
-
-    c.train = ml_collections.ConfigDict(dict(
-        steps=8000, seed=0, log_every=10, gradcache_chunks=0, max_consecutive_nonfinite=20,
-        peak_flops_per_device=0.0,  # 0: looked up from the device kind (TPU v4/v5/v6, A100, H100, ...)
-        crash_after_step=0,   # test hook: exit abruptly after this step (0: never)
-    ))
-
-    c.checkpoint = ml_collections.ConfigDict(dict(
-        every=500, keep=3, keep_best=False, best_metric="", async_save=True,
-    ))
-    # split "dev" where a task has one (its own split otherwise): the best checkpoint is not picked on test data.
-    c.eval = ml_collections.ConfigDict(dict(every=1000, tasks=(), split="dev", max_examples=0, batch_size=64,
-                                            max_length=512))
-    c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="bfloat16"))
-    c.plot = True
-    c.distributed = False  # multi-host: call jax.distributed.initialize() (TPU VMs / SLURM fill in the rest)
+    for key, value in TOP.items():
+        c[key] = value
     return c

@@ -1,11 +1,13 @@
 """Where metrics go: TensorBoard event files and `metrics.jsonl` in the workdir, and a progress line on stdout.
 
 Only process 0 writes. `metrics.jsonl` is appended to, one JSON object per logged step, so a resumed run continues
-the same file (rows past the resume step from a crashed run are dropped on open, keeping the file consistent).
+the same file (rows past the resume step from a crashed run are dropped on open, keeping the file consistent). A
+line cut short by kill -9 or a full disk is dropped with a warning, never a crash.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -22,10 +24,11 @@ class MetricsWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         if os.path.exists(self.path):  # keep only rows the resumed state has really reached
-            with open(self.path) as f:
-                rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            rows = [json.dumps(r) + "\n" for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(rows)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(self.path + ".tmp", self.path)
         try:
             from tensorboardX import SummaryWriter
@@ -50,11 +53,23 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The rows of `metrics.jsonl`; unparseable lines (a row cut short by a crash) are dropped and reported."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                why = "malformed" if line.endswith("\n") else "no newline: cut short by a crash or a full disk"
+                message = f"{path}:{line_no}: dropped an unreadable metrics row ({len(line)} characters, {why})"
+                logging.getLogger(__name__).warning(message)
+                print(f"WARNING: {message}", flush=True)
+    return rows
 
 
 class Progress:

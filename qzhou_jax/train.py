@@ -3,30 +3,35 @@
     python -m qzhou_jax.train --config configs/stage2.py --workdir /tmp/run [--config.optim.lr=1e-5 ...]
 
 Rerunning the same command on the same workdir resumes from its latest checkpoint (params, optimizer, step and the
-Grain iterator), so a preempted or crashed run continues exactly where its last checkpoint left it.
+Grain iterator), so a preempted or crashed run continues exactly where its last checkpoint left it. The config is
+checked first (config_check.py), the workdir is locked (workdir_lock.py), SIGTERM / Ctrl-C save and stop the whole
+run (loop_guards.py), and a failed background save stops it at the next step. docs/robustness.md has the details.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qzhou_jax import checkpoint, losses, optim, sharding
+from qzhou_jax import checkpoint, config_check, losses, loop_guards, optim, sharding
 from qzhou_jax import model as qmodel
+from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; train.load_config stays valid
+from qzhou_jax.config_base import REQUIRED
 from qzhou_jax.data import global_batch, packing, pipeline as data_pipeline
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
+from qzhou_jax.workdir_lock import WorkdirBusyError, WorkdirLock
 
 log = logging.getLogger("qzhou_jax.train")
 
@@ -64,8 +69,13 @@ def peak_flops(cfg) -> float | None:
 
 
 def init_params(cfg, model_config: ModelConfig, shardings=None):
-    """Initial params: a stage-1 workdir or an HF dir (`init_from`), else the HF base model, else random."""
+    """Initial params: a stage-1 workdir or an HF dir (`init_from`), else ("" or "base") the HF base model, else
+    random."""
     source = cfg.get("init_from") or ""
+    if source == REQUIRED:
+        raise config_check.ConfigError("init_from", source, "set it to a stage-1 workdir, an HF dir, or 'base'")
+    if source == "base":
+        source = ""
     if source and checkpoint.is_workdir(source):
         params, _, meta = checkpoint.restore_params(source, shardings=shardings)
         log.info("initialised params from workdir %s (step %s)", source, meta.get("step"))
@@ -85,44 +95,59 @@ def batch_shardings(mesh, packed: bool = False) -> dict:
     return {k: sharding.batch_sharding(mesh, ndims[k]) for k in packing.batch_keys(BATCH_KEYS, packed)}
 
 
-class _Preemption:
-    """SIGTERM (TPU preemption, scheduler stop) -> save a checkpoint at the next step and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (e.g. some test runners): no handler
-            pass
-
-    def _handler(self, *_):
-        self.requested = True
-
-    def reached(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
-
-
 # ====================================================================================================== run
-def run(cfg, workdir: str) -> dict[str, Any]:
+AfterStep = Callable[[int, Any], None]  # (step, checkpoint manager): a test's fault injection point
+
+
+def run(cfg, workdir: str, *, after_step: AfterStep | None = None) -> dict[str, Any]:
     """Trains per `cfg` in `workdir`; returns a summary (final step, last losses, export dir). Tests call this.
 
     A config with `stages` (e.g. configs/demo.py) runs each stage in `workdir/<name>`, every stage after the
-    first initialised from the previous stage's final params (unless it sets its own `init_from`).
+    first initialised from the previous stage's final params (unless it sets its own `init_from`). A stage
+    stopped by SIGTERM / Ctrl-C stops the whole run; rerunning finishes it, then runs the stages after it (a
+    finished stage, marked by its `done.json`, is not run again).
     """
-    if cfg.get("stages"):
-        summaries, previous = {}, None
-        for name, stage in cfg.stages.items():
-            stage = stage.copy_and_resolve_references()
-            if previous and not stage.get("init_from"):
-                stage.init_from = previous
-            print(f"==== {name} ====", flush=True)
-            summaries[name] = run(stage, os.path.join(workdir, name))
-            previous = os.path.join(workdir, name)
-        return {"stages": summaries, **summaries[name]}
+    config_check.check(cfg, device_count=jax.device_count(), process_count=jax.process_count())
+    if not cfg.get("stages"):
+        return _run_locked(cfg, workdir, after_step)
+    summaries, previous = {}, None
+    for name, stage in cfg.stages.items():
+        stage = stage.copy_and_resolve_references()
+        if previous and stage.get("init_from") in ("", REQUIRED):
+            stage.init_from = previous
+        stage_dir = os.path.join(workdir, name)
+        print(f"==== {name} ====", flush=True)
+        summaries[name] = _completed(stage_dir, stage) or _run_locked(stage, stage_dir, after_step)
+        if summaries[name].get("preempted"):
+            print(f"stopped during {name}; rerun the same command to finish it and the stages after it", flush=True)
+            return {"stages": summaries, **summaries[name]}
+        previous = stage_dir
+    return {"stages": summaries, **summaries[name]}
+
+
+def _completed(workdir: str, cfg) -> dict | None:
+    path = os.path.join(workdir, DONE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    if done.get("step") != int(cfg.train.steps):
+        return None
+    print(f"{workdir} already finished (step {done['step']}, {DONE}); not run again", flush=True)
+    return done
+
+
+DONE = "done.json"
+
+
+def _run_locked(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_stage(cfg, workdir, after_step)
+
+
+def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any]:
     t_setup = time.time()
     model_config = build_model_config(cfg)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
@@ -147,12 +172,21 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count())
     log.info("data mixture:\n%s", info.table())
+    if report := info.skipped.report():
+        print(f"skipped rows (per dataset and reason):\n{report}", flush=True)
     data_iter = iter(dataset)
 
     # ---- resume, or initialise
     manager = checkpoint.make_manager(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                       keep_best=cfg.checkpoint.keep_best, best_metric=cfg.checkpoint.best_metric,
                                       async_save=cfg.checkpoint.async_save)
+    config_json = json.loads(cfg.to_json_best_effort())
+    if latest := checkpoint.latest_meta(manager):  # changed keys listed; a changed state structure refused
+        changes = config_check.check_resume(workdir, latest[0], latest[1], config_json,
+                                            checkpoint.state_shapes(abstract_state))
+        if changes:
+            print(f"resuming with {len(changes)} changed config key(s): " + "; ".join(
+                f"{k}: {old!r} -> {new!r}" for k, old, new in changes), flush=True)
     restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
     if restored is not None:
         state, start_step, _ = restored
@@ -161,7 +195,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         params = init_params(cfg, model_config, param_shardings)
         state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
         start_step = 0
-    meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),
+    meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
             "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg)}
 
     # ---- one compiled step per task type
@@ -177,57 +211,88 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     writer = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step)
     evaluator = _make_evaluator(cfg, model_config, tokenizer)
-    preemption = _Preemption()
+    stop = loop_guards.StopRequest(manager)
+    stall = loop_guards.StallDetector(cfg.train.stall_steps)
     peak = peak_flops(cfg)
     log.info("setup took %.1fs; training steps %d -> %d", time.time() - t_setup, start_step, total_steps)
 
     # ---- the loop
     last_losses: list[float] = []
-    step, t_last, window = start_step, time.time(), []
-    while step < total_steps:
-        host_batch = next(data_iter)
-        dataset_id = int(host_batch["dataset_id"][0])
-        task = info.tasks[dataset_id]
-        batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
-        state, metrics = steps[task](state, batch)
-        step += 1
-        shapes = [batch["packed_ids" if "packed_ids" in batch else k].shape for k in ("anchor_ids", "cand_ids")]
-        window.append((task, dataset_id, metrics, *shapes))
+    step, t_last, window, saved_step = start_step, time.time(), [], None
 
-        if step % cfg.train.log_every == 0 or step == total_steps:
-            jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done
-            scalars = _summarise(window, info, model_config, time.time() - t_last, mesh.size, peak)
-            _check_finite(scalars, cfg.train.max_consecutive_nonfinite)
-            last_losses.append(scalars["loss"])
-            writer.write(step, scalars)
-            print(progress.line(step, {**scalars, "task": task}), flush=True)
-            window = []
+    def save(metrics=None):  # at most once per step (a stop request right after a regular save)
+        nonlocal saved_step
+        if saved_step != step:
+            checkpoint.save(manager, step, state, data_iter, meta, force=True, metrics=metrics)
+            saved_step = step
 
-        eval_metrics = None
-        if evaluator is not None and (step % cfg.eval.every == 0 or step == total_steps):
-            eval_metrics = evaluator(state.params)
-            writer.write(step, eval_metrics)
-            print("eval " + " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
-        if step % cfg.checkpoint.every == 0 or step == total_steps:
-            checkpoint.save(manager, step, state, data_iter, meta, force=True, metrics=eval_metrics)
+    try:
+        while step < total_steps:
+            checkpoint.check_background_save(manager)  # a failed async save stops the run now, not at the next
+            host_batch = next(data_iter)
+            dataset_id = int(host_batch["dataset_id"][0])
+            task = info.tasks[dataset_id]
+            batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
+            state, metrics = steps[task](state, batch)
+            step += 1
+            shapes = [batch["packed_ids" if "packed_ids" in batch else k].shape for k in ("anchor_ids", "cand_ids")]
+            window.append((task, dataset_id, metrics, *shapes))
 
-        if not window:  # throughput windows exclude evaluation and checkpoint time
-            t_last = time.time()
-        if cfg.train.get("crash_after_step") and step == cfg.train.crash_after_step:
-            manager.wait_until_finished()
-            os._exit(17)  # a test hook: die like a killed process, without any clean shutdown
-        if preemption.reached():
-            checkpoint.save(manager, step, state, data_iter, meta, force=True)
-            manager.wait_until_finished()
-            print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
-            writer.close()
-            return {"step": step, "preempted": True, "losses": last_losses}
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done
+                fetched = jax.device_get([(w[2]["loss"], w[2]["grad_norm"]) for w in window])
+                for i, (loss, grad_norm) in enumerate(fetched):
+                    stall.update(step - len(window) + 1 + i, float(loss), float(grad_norm))
+                scalars = _summarise(window, info, model_config, time.time() - t_last, mesh.size, peak)
+                _check_finite(scalars, cfg.train.max_consecutive_nonfinite)
+                last_losses.append(scalars["loss"])
+                writer.write(step, scalars)
+                print(progress.line(step, {**scalars, "task": task}), flush=True)
+                window = []
 
-    manager.wait_until_finished()
-    writer.close()
-    summary = {"step": step, "losses": last_losses, "workdir": workdir}
-    summary.update(_finish(cfg, workdir, state, model_config, tokenizer))
-    return summary
+            eval_metrics = None
+            if evaluator is not None and (step % cfg.eval.every == 0 or step == total_steps):
+                eval_metrics = evaluator(state.params)
+                writer.write(step, eval_metrics)
+                print("eval " + " | ".join(f"{k} {x:.4f}" for k, x in eval_metrics.items()), flush=True)
+            if step % cfg.checkpoint.every == 0 or step == total_steps:
+                save(eval_metrics)
+
+            if not window:  # throughput windows exclude evaluation and checkpoint time
+                t_last = time.time()
+            if after_step is not None:
+                after_step(step, manager)
+            if reason := stop.reached(step):
+                save()
+                _wait(manager)
+                print(f"{reason}: saved checkpoint at step {step}; exiting", flush=True)
+                return {"step": step, "preempted": True, "losses": last_losses, "workdir": workdir}
+
+        _wait(manager)
+        summary = {"step": step, "losses": last_losses, "workdir": workdir}
+        summary.update(_finish(cfg, workdir, state, model_config, tokenizer))
+        if jax.process_index() == 0:
+            _write_json_atomic(os.path.join(workdir, DONE), summary)
+        return summary
+    finally:
+        stop.restore()
+        writer.close()
+
+
+def _wait(manager) -> None:
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise checkpoint.save_error(manager, None, e) from e
+    checkpoint.check_background_save(manager)
+
+
+def _write_json_atomic(path: str, value: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
 
 
 def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[str, float]:
@@ -314,21 +379,7 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def load_config(path: str, overrides: list[str] = ()):
-    """A config file (`path[:arg]`) with `--config.a.b=value` overrides applied, exactly as on the command line.
-    The config is locked: an override of a key that does not exist is an error naming it."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = ["train", f"--config={path}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-    return values.config
-
-
-def main(argv=None) -> None:
+def main(argv=None, after_step: AfterStep | None = None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -343,7 +394,11 @@ def main(argv=None) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         if flags.FLAGS.config.get("distributed"):
             initialize_distributed()
-        summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+        try:
+            summary = run(flags.FLAGS.config, flags.FLAGS.workdir, after_step=after_step)
+        except (config_check.ConfigError, WorkdirBusyError, checkpoint.CheckpointSaveError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)  # one line, no traceback: the message says it all
+            sys.exit(2 if isinstance(e, config_check.ConfigError) else 1)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
 
     app.run(_main, argv=argv)

@@ -156,7 +156,7 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
     anchor_tokens, cand_tokens = count_tokens(batch)
     metrics = dict(metrics)
     metrics.update(
-        loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
+        loss=loss, grad_norm=optax.global_norm(grads), learning_rate=optim.applied_learning_rate(schedule, state.opt_state),
         nonfinite_consecutive=consecutive, nonfinite_total=total,
         tokens=anchor_tokens + cand_tokens, anchor_tokens=anchor_tokens, cand_tokens=cand_tokens,
         examples=jnp.asarray(batch["cand_valid"].shape[0]))

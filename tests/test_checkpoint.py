@@ -15,9 +15,10 @@ COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=5", "--config
           "--config.export.at_end=False", "--config.plot=False", "--config.eval.tasks=()"]
 
 
-def _cli(workdir, *extra):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1", f"--workdir={workdir}",
+def _cli(workdir, *extra, crash_after_step=0):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               QZ_CRASH_AFTER_STEP=str(crash_after_step))
+    cmd = [sys.executable, "-m", "tests.fault_train", "--config=configs/demo.py:stage1", f"--workdir={workdir}",
            *COMMON, "--config.mesh.shape=(2,2,2)", *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -31,7 +32,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = _cli(straight, "--config.train.steps=20")
     assert done.returncode == 0, done.stderr[-3000:]
-    crash = _cli(killed, "--config.train.steps=20", "--config.train.crash_after_step=12")
+    crash = _cli(killed, "--config.train.steps=20", crash_after_step=12)
     assert crash.returncode == 17, crash.stderr[-3000:]  # died without any shutdown after step 12
     assert sorted(checkpoint_steps(killed)) == [5, 10]
     resumed = _cli(killed, "--config.train.steps=20")
@@ -124,3 +125,58 @@ def test_unreadable_checkpoints_are_never_discarded_silently(tmp_path):
     with pytest.raises(RuntimeError, match="none of the checkpoints"):
         train.run(train.load_config("configs/demo.py:stage1", overrides + ["--config.train.steps=8"]), str(tmp_path))
     assert sorted(os.listdir(checkpoint.checkpoint_dir(str(tmp_path)))) == before
+
+
+from tests.trained_workdir import copy_of, demo_config, trained_workdir  # noqa: E402,F401
+
+
+def _flip_bytes_in_largest_file(step_dir, count=64):
+    files = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(step_dir, "state")) for n in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        data = bytearray(f.read(count))
+        f.seek(os.path.getsize(largest) // 2)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_silently_flipped_bytes_are_caught_by_the_fingerprint(trained_workdir, tmp_path, capsys):
+    workdir = copy_of(trained_workdir, tmp_path)
+    _flip_bytes_in_largest_file(os.path.join(checkpoint.checkpoint_dir(str(workdir)), "4"))
+    capsys.readouterr()
+    params, _, meta = checkpoint.restore_params(str(workdir))  # export / stage hand-off: the previous one
+    assert meta["step"] == 2 and "do not match the fingerprint" in capsys.readouterr().out
+    summary = train.run(demo_config("--config.train.steps=4"), str(workdir))
+    out = capsys.readouterr().out
+    assert "checkpoint step 4" in out and "do not match the fingerprint" in out and "resuming from checkpoint step 2" in out
+    assert summary["step"] == 4
+    assert any(d.startswith("4.corrupt") for d in os.listdir(checkpoint.checkpoint_dir(str(workdir))))
+    # Steps 3-4 retrained from step 2 reproduce the undamaged run exactly.
+    good, _, _ = checkpoint.restore_params(str(trained_workdir), step=4)
+    again, _, _ = checkpoint.restore_params(str(workdir), step=4)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), good, again)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 120 MiB filesystem: one demo checkpoint (76 MiB) fits, a second does not."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_run_at_the_next_step_and_keeps_what_was_saved(small_tmpfs):
+    workdir = small_tmpfs / "run"
+    cfg = demo_config("--config.train.steps=12", "--config.checkpoint.async_save=True")
+    with pytest.raises(checkpoint.CheckpointSaveError) as err:
+        train.run(cfg, str(workdir))
+    message = str(err.value)
+    assert str(checkpoint.checkpoint_dir(str(workdir))) in message and "MiB free of 120.0 MiB" in message
+    last_step = max(r["step"] for r in read_metrics(str(workdir)))
+    assert last_step <= 6  # the step-4 save failed: noticed at step 5 (or by the step-6 save), not at the end
+    params, _, meta = checkpoint.restore_params(str(workdir))  # the step-2 checkpoint is intact and verified
+    assert meta["step"] == 2

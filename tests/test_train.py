@@ -45,11 +45,10 @@ def test_nonfinite_run_stops_with_clear_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_both_stages_hand_off_and_export_matches_sentence_transformers(tmp_path):
+def test_both_stages_hand_off_and_export_matches_sentence_transformers(tmp_path, monkeypatch):
     """demo.py runs stage 1 then stage 2 from stage 1's params, on 8 fake devices; the export serves the same
     embeddings through sentence-transformers as the JAX encoder does from the checkpoint."""
     import jax
-    from qzhou_jax import sharding
     from qzhou_jax.encode import Encoder
     from qzhou_jax.tokenizer import load_tokenizer
     from sentence_transformers import SentenceTransformer
@@ -62,18 +61,29 @@ def test_both_stages_hand_off_and_export_matches_sentence_transformers(tmp_path)
                       stage.format(i) + "checkpoint.async_save=False"]
     overrides += ["--config.stages.stage1.export.at_end=False"]
     cfg = train.load_config("configs/demo.py", overrides)
+    started = []  # per stage run: its workdir and the params init_params gave it
+    init_params, run_stage = train.init_params, train._run_stage
+
+    def recording_run_stage(stage_cfg, workdir, after_step):
+        started.append({"workdir": workdir})
+        return run_stage(stage_cfg, workdir, after_step)
+
+    def recording_init_params(*args, **kwargs):
+        params = init_params(*args, **kwargs)
+        started[-1]["params"] = jax.device_get(params)
+        return params
+    monkeypatch.setattr(train, "_run_stage", recording_run_stage)
+    monkeypatch.setattr(train, "init_params", recording_init_params)
     summary = train.run(cfg, str(tmp_path))
     assert summary["stages"]["stage2"]["step"] == 3
 
-    # Stage 2 started from stage 1's final params.
-    stage2 = cfg.stages.stage2.copy_and_resolve_references()
-    stage2.init_from = str(tmp_path / "stage1")
-    model_config = train.build_model_config(stage2)
-    mesh = sharding.make_mesh((2, 2, 2))
-    abstract, logical = train.qmodel.abstract_params(model_config)
-    started = train.init_params(stage2, model_config, sharding.param_shardings(abstract, logical, mesh))
+    # Stage 2 started from stage 1's final params (what run() itself passed on, recorded by the wrapper).
     final1, _, _ = checkpoint.restore_params(str(tmp_path / "stage1"))
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), started, final1)
+    assert started[1]["workdir"] == str(tmp_path / "stage2")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), started[1]["params"],
+                 final1)
+    assert not np.array_equal(np.asarray(started[0]["params"]["norm"]["scale"]),
+                              np.asarray(final1["norm"]["scale"]))  # stage 1 did train away from its init
 
     # The export (written from params sharded over 8 devices) serves what the trained checkpoint encodes.
     params, config, _ = checkpoint.restore_params(str(tmp_path / "stage2"))
@@ -97,3 +107,65 @@ def test_gradient_accumulation_applies_every_k_steps(tmp_path):
     np.testing.assert_array_equal(scale[0], scale[1])
     np.testing.assert_array_equal(scale[1], scale[2])
     assert not np.array_equal(scale[2], scale[3])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = [f"--config.stages.stage{i}.{kv}" for i in (1, 2) for kv in (
+    "train.steps=4", "train.log_every=1", "checkpoint.every=100", "eval.tasks=()", "plot=False")]
+STAGES += ["--config.stages.stage1.export.at_end=False"]
+
+
+def _popen(workdir, *flags, config="configs/demo.py"):
+    import subprocess
+    import sys
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "qzhou_jax.train", f"--config={config}", f"--workdir={workdir}", *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_at(proc, marker, *signals):
+    import time
+    lines, deadline = [], time.time() + 900
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(marker):
+            for sig in signals:
+                proc.send_signal(sig)
+                time.sleep(0.5)
+            break
+        assert time.time() < deadline, "".join(lines[-20:])
+    out, _ = proc.communicate(timeout=900)
+    return "".join(lines) + out
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_multi_stage_run_stops_it_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+    import signal
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    proc = _popen(straight, *STAGES)
+    out = proc.communicate(timeout=1200)[0]
+    assert proc.returncode == 0, out[-3000:]
+
+    proc = _popen(stopped, *STAGES)
+    out = _signal_at(proc, "step 2/4", signal.SIGTERM)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved checkpoint at step" in out and "stopped during stage1" in out
+    assert not (stopped / "stage2").exists()  # stage 2 never started from the preempted checkpoint
+
+    proc = _popen(stopped, *STAGES)
+    out = proc.communicate(timeout=1200)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming from checkpoint step" in out and "==== stage2 ====" in out
+    for name in ("model.safetensors", "config.json"):
+        assert (straight / "stage2" / "export" / name).read_bytes() == (stopped / "stage2" / "export" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    import signal
+    proc = _popen(tmp_path, "--config.train.steps=100000", "--config.checkpoint.every=100000", "--config.plot=False",
+                  "--config.eval.tasks=()", "--config.train.log_every=1", config=STAGE1)
+    out = _signal_at(proc, "step 1/", signal.SIGINT, signal.SIGINT)
+    assert "SIGINT: saving a checkpoint at the end of this step" in out  # the first one is ours, not a traceback
+    assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out, out[-3000:]
+    assert "KeyboardInterrupt" not in out

@@ -51,6 +51,8 @@ def _label(row: Mapping[str, Any], field: str, where: str, options: AdapterOptio
     value = get_field(row, field, where)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
+    if isinstance(value, (list, tuple, Mapping)) or getattr(value, "ndim", 0) > 0:
+        raise DataError(where, f"field {field!r} is a {type(value).__name__} ({str(value)[:60]}): one label per row")
     if hasattr(value, "item"):
         value = value.item()
     if options.label_names is not None and isinstance(value, int) and not isinstance(value, bool):

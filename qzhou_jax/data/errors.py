@@ -27,8 +27,10 @@ class SkipCounter:
 
     skip_invalid: bool = False
     max_examples: int = 3
+    max_skipped_fraction: float = 1.0  # of a dataset's rows skipped as malformed (checks.check_read enforces it)
     counts: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter))
     examples: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    invalid_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def skip(self, dataset: str, reason: str, where: str) -> None:
         """Counts a row skipped by design (never raises)."""
@@ -40,10 +42,12 @@ class SkipCounter:
         """Handles a malformed row: raise it (strict) or count it under its message (skip_invalid)."""
         if not self.skip_invalid:
             raise error
+        self.invalid_counts[dataset] += 1
         self.skip(dataset, error.message, error.where)
 
     def absorb(self, other: "SkipCounter", dataset: str) -> None:
         """Adds every count of `other` (whatever its dataset keys) under `dataset`."""
+        self.invalid_counts[dataset] += sum(other.invalid_counts.values())
         for name, reasons in other.counts.items():
             self.counts[dataset].update(reasons)
             room = self.max_examples - len(self.examples[dataset])

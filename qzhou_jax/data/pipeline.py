@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from qzhou_jax.data import adapters, hub, mixture, packing, prepared, shared_data, sources
+from qzhou_jax.data import adapters, checks, hub, mixture, packing, prepared, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -100,6 +100,7 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
     if spec.kind == "prepared":
         return load_prepared(spec, counter, seed)
     samples = read_samples(spec, counter)
+    checks.check_read(spec, samples, counter)  # too many bad rows, none left, degenerate data: refused here
     if spec.decontaminate:
         from qzhou_jax.synthesis.decontam import drop_contaminated_samples
 
@@ -137,7 +138,7 @@ class LoadedDataset:
 
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
     config = DataConfig.from_config(config)
-    counter = counter or SkipCounter(skip_invalid=config.skip_invalid)
+    counter = counter or SkipCounter(skip_invalid=config.skip_invalid, max_skipped_fraction=config.max_skipped_fraction)
     return [LoadedDataset(spec, load_samples(spec, counter, config.seed)) for spec in config.datasets], counter
 
 

@@ -48,12 +48,22 @@ def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
 
 
 def read_jsonl(path: str | Path, invalid: Invalid = raise_invalid) -> Iterator[Row]:
-    """One JSON object per line; blank lines are ignored."""
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
+    """One JSON object per line (split on "\\n" only); blank lines are ignored. Each line is decoded on its own,
+    so a non-UTF-8 byte is a bad row naming its line (skippable), not a crash of the whole file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                invalid(DataError(where, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of "
+                                         f"the line)"))
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

@@ -1,6 +1,6 @@
 """The data part of a training config (`config.data`, an ml_collections ConfigDict or plain dict), checked.
 
-config.data fields (defaults in brackets):
+config.data fields (defaults in brackets; the values live in qzhou_jax/config_base.py's DATA table):
   datasets          list of dicts, one per dataset (fields below)
   alpha             sampling exponent: p_i proportional to weight_i * n_i^alpha [0.5]
   eta               stage-2 retrieval share, or None for plain n^alpha sampling [None]
@@ -9,6 +9,7 @@ config.data fields (defaults in brackets):
                     [(32, 64, 128, 256, 512, 1024, 1536)]
   seed              shuffling, sampling and dataset-choice seed [0]
   skip_invalid      count and skip malformed rows instead of raising [False]
+  max_skipped_fraction  with skip_invalid, refuse a dataset whose skipped share of rows exceeds this [0.01]
   prompt_sep        text between "Query:" and the text [" "]
   num_threads       Grain read threads [2];  prefetch_buffer_size  Grain prefetch depth [4]
   packing           0: off; N: pack each batch's texts into rows of N tokens (data/packing.py); True: N = the
@@ -44,12 +45,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from qzhou_jax.config_base import DATA as _DATA_DEFAULTS, plain_default
 from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
 from qzhou_jax.data.shared_data import SHARED_DATASETS
 
 SOURCE_KINDS = ("shared", "jsonl", "parquet", "hf_disk", "tfds", "beir", "prepared", "hub")
-DEFAULT_BATCH_SIZE = {"retrieval": 256, "pair_score": 768, "classification": 256}
-DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 1536)
+# One source of truth for the data defaults: qzhou_jax/config_base.py's DATA table.
+_D = {k: plain_default(v) for k, v in _DATA_DEFAULTS.items()}
+DEFAULT_BATCH_SIZE = dict(_D["batch_size"])
+DEFAULT_BUCKETS = tuple(_D["buckets"])
 
 
 def _shared_dir():
@@ -156,16 +160,17 @@ class DatasetSpec:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     datasets: tuple[DatasetSpec, ...]
-    alpha: float = 0.5
-    eta: float | None = None
+    alpha: float = _D["alpha"]
+    eta: float | None = _D["eta"]
     batch_size: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BATCH_SIZE))
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    seed: int = 0
-    skip_invalid: bool = False
-    prompt_sep: str = " "
-    num_threads: int = 2
-    prefetch_buffer_size: int = 4
-    packing: int | bool = 0
+    seed: int = _D["seed"]
+    skip_invalid: bool = _D["skip_invalid"]
+    max_skipped_fraction: float = _D["max_skipped_fraction"]
+    prompt_sep: str = _D["prompt_sep"]
+    num_threads: int = _D["num_threads"]
+    prefetch_buffer_size: int = _D["prefetch_buffer_size"]
+    packing: int | bool = _D["packing"]
 
     @classmethod
     def from_config(cls, data: Any) -> "DataConfig":

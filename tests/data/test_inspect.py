@@ -24,7 +24,7 @@ def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, 
                           dict(name="cls", source="jsonl:{tmp_path}/cls.jsonl", task="classification",
                                num_negatives=2, instruction="classify", max_len_query=8, max_len_passage=8)],
                 alpha=float(arg), batch_size=dict(retrieval=4, classification=4), buckets=(4, 8),
-                skip_invalid=True)
+                skip_invalid=True, max_skipped_fraction=0.1)  # 1 bad row of 21
             return config
         """))
     assert data_inspect.load_config(f"{tmp_path}/cfg.py:1.0").data.alpha == 1.0

@@ -145,8 +145,9 @@ def test_bad_rows_strict_and_skipped(files, write_jsonl, tokenizer):
     with pytest.raises(DataError, match=rf"^{files}/ret.jsonl.gz:2: field 'pos' is empty$"):
         mixture_info(config(files))
     # 2 samples left: a global batch of 2 is the most that holds no sample twice
-    dataset, info = build_pipeline(config(files, skip_invalid=True, batch_size=dict(retrieval=2)), tokenizer,
-                                   process_index=0, process_count=1)
+    dataset, info = build_pipeline(config(files, skip_invalid=True, batch_size=dict(retrieval=2),
+                                          max_skipped_fraction=0.5), tokenizer,
+                                   process_index=0, process_count=1)  # 2 bad rows of 4: above the 1% default
     assert info.sizes[0] == 2 and info.skipped.total("ret") == 2
     report = info.skipped.report()
     assert "ret: 2 rows skipped" in report and "malformed JSON" in report

@@ -1,0 +1,43 @@
+"""A dataset refused at load, with the reason, when training on it would be silently wrong.
+
+- with `skip_invalid`, more than `data.max_skipped_fraction` of its rows malformed (110 bad rows of 120 must not
+  train on the 10 left);
+- no samples left, naming why (e.g. every Parquet row lacked field 'label');
+- classification with fewer than two labels (no negative can be drawn);
+- pair-score data whose scores are all equal (CoSENT ranks pairs by score: nothing to learn).
+"""
+from __future__ import annotations
+
+from qzhou_jax.data.errors import SkipCounter
+from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
+
+
+class DatasetRefused(ValueError):
+    pass
+
+
+def _reasons(counter: SkipCounter, name: str) -> str:
+    reasons = counter.counts.get(name, {})
+    return "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no row was skipped"
+
+
+def check_read(spec, samples: list, counter: SkipCounter) -> None:
+    """Raises DatasetRefused for the cases above; `samples` are the dataset's samples as read."""
+    head = f"dataset {spec.name!r} ({spec.source}, split {spec.split!r})"
+    invalid = counter.invalid_counts.get(spec.name, 0)
+    if not samples:
+        raise DatasetRefused(f"{head}: no samples left ({_reasons(counter, spec.name)})")
+    fraction = invalid / (invalid + len(samples))
+    if invalid and fraction > counter.max_skipped_fraction:
+        raise DatasetRefused(f"{head}: {invalid} malformed rows skipped against {len(samples)} samples kept "
+                             f"({fraction:.1%}), above data.max_skipped_fraction = {counter.max_skipped_fraction}: "
+                             f"{_reasons(counter, spec.name)}. Fix the data, or raise the limit knowingly")
+    if spec.task == CLASSIFICATION:
+        labels = sorted({s.label for s in samples})
+        if len(labels) < 2:
+            raise DatasetRefused(f"{head}: classification needs at least 2 labels, found {labels}")
+    if spec.task == PAIR_SCORE:
+        scores = {s.score for s in samples}
+        if len(scores) == 1:
+            raise DatasetRefused(f"{head}: all {len(samples)} pair scores equal {scores.pop()}: CoSENT ranks pairs "
+                                 f"by score, so there is nothing to learn")
