@@ -1,6 +1,6 @@
 """Defaults shared by every training config (configs/*.py start from `base()` and change what differs).
 
-Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export. Every key can be overridden
+Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export, mine. Every key can be overridden
 on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
 """
 import ml_collections
@@ -48,6 +48,17 @@ def base():
     c.eval = ml_collections.ConfigDict(dict(every=1000, tasks=(), split="dev", max_examples=0, batch_size=64,
                                             max_length=512))
     c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="bfloat16"))
+    # Multi-stage configs: re-mine this stage's retrieval datasets with the previous stage's final model before
+    # training (qzhou_jax/mining/stages.py). datasets=() mines every retrieval dataset; negatives=0 keeps each
+    # dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4).
+    c.mine = ml_collections.ConfigDict(dict(
+        enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False,
+        relative_margin=ml_collections.FieldReference(None, field_type=float),
+        max_score_ratio=ml_collections.FieldReference(None, field_type=float),
+        min_positive_rank=ml_collections.FieldReference(None, field_type=int),
+        min_positive_score=ml_collections.FieldReference(None, field_type=float),
+        max_length=0, batch_size=32, encode_chunk=4096, seed=0,  # max_length 0: each dataset's max_len_passage
+    ))
     c.plot = True
     c.distributed = False  # multi-host: call jax.distributed.initialize() (TPU VMs / SLURM fill in the rest)
     return c

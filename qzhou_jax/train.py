@@ -115,6 +115,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
             if previous and not stage.get("init_from"):
                 stage.init_from = previous
             print(f"==== {name} ====", flush=True)
+            if stage.get("mine") and stage.mine.enabled:  # new hard negatives from the previous stage's model
+                from qzhou_jax.mining.stages import remine_for_stage
+                stage = remine_for_stage(stage, previous, os.path.join(workdir, name))
             summaries[name] = run(stage, os.path.join(workdir, name))
             previous = os.path.join(workdir, name)
         return {"stages": summaries, **summaries[name]}
