@@ -20,7 +20,7 @@ import numpy as np
 from qzhou_jax.mining import cache as mcache
 from qzhou_jax.mining.corpus import build_corpus, read_corpus_file, read_rows
 from qzhou_jax.mining.model import load_encoder, model_fingerprint
-from qzhou_jax.mining.search import ShardedSearch
+from qzhou_jax.mining.search import ShardedSearch, passage_mesh
 from qzhou_jax.mining.select import SelectConfig, select
 from qzhou_jax.tokenizer import PromptConfig
 
@@ -43,6 +43,7 @@ class MineConfig:
     encode_chunk: int = 4096        # passages per cache file
     query_batch: int = 256          # queries per search call
     corpus_chunk: int = 8192        # passages per score block on a device
+    num_devices: int = 0            # search on the first N devices (0: all devices of all processes)
     progress: bool = True
 
 
@@ -72,7 +73,8 @@ def mine(cfg: MineConfig, encoder=None) -> dict:
     t_search = time.time()
 
     search = ShardedSearch(passages.rows, len(corpus), passages.dim, cfg.select.depth,
-                           query_batch=min(cfg.query_batch, len(rows)), corpus_chunk=cfg.corpus_chunk)
+                           query_batch=min(cfg.query_batch, len(rows)), corpus_chunk=cfg.corpus_chunk,
+                           mesh=passage_mesh(jax.devices()[:cfg.num_devices] if cfg.num_devices else None))
     counts = collections.Counter()
     out_rows = []
     for lo in range(0, len(rows), search.query_batch):
