@@ -50,14 +50,12 @@ def base():
     c.export = ml_collections.ConfigDict(dict(at_end=True, dtype="bfloat16"))
     # Multi-stage configs: re-mine this stage's retrieval datasets with the previous stage's final model before
     # training (qzhou_jax/mining/stages.py). datasets=() mines every retrieval dataset; negatives=0 keeps each
-    # dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4).
+    # dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4);
+    # rule "none" | "relative_margin" | "max_score_ratio" with rule_value (e.g. 0.05 / 0.95); min_positive_rank 0
+    # and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage.
     c.mine = ml_collections.ConfigDict(dict(
-        enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False,
-        relative_margin=ml_collections.FieldReference(None, field_type=float),
-        max_score_ratio=ml_collections.FieldReference(None, field_type=float),
-        min_positive_rank=ml_collections.FieldReference(None, field_type=int),
-        min_positive_score=ml_collections.FieldReference(None, field_type=float),
-        max_length=0, batch_size=32, encode_chunk=4096, seed=0,  # max_length 0: each dataset's max_len_passage
+        enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
+        min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0,
     ))
     c.plot = True
     c.distributed = False  # multi-host: call jax.distributed.initialize() (TPU VMs / SLURM fill in the rest)

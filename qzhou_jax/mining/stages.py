@@ -50,10 +50,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
     encoder, new_sources = None, {}
     for name in wanted:
         spec = specs[name]
-        select = SelectConfig(negatives=m.negatives or spec.num_negatives, window=tuple(m.window),
-                              relative_margin=m.relative_margin, max_score_ratio=m.max_score_ratio,
-                              keep_existing=m.keep_existing, min_positive_rank=m.min_positive_rank,
-                              min_positive_score=m.min_positive_score, seed=m.seed)
+        select = _select_config(m, spec.num_negatives)
         max_length = m.max_length or spec.max_len_passage
         settings = dict(model=os.path.abspath(model), step=step, source=spec.source, split=spec.split,
                         max_examples=spec.max_examples, seed=data.seed, select=repr(select), max_length=max_length,
@@ -81,6 +78,19 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
     return _point_at(stage_cfg, new_sources)
 
 
+RULES = ("none", "relative_margin", "max_score_ratio")
+
+
+def _select_config(m, num_negatives: int) -> SelectConfig:
+    if m.rule not in RULES:
+        raise ValueError(f"mine.rule {m.rule!r}: expected one of {RULES}")
+    rule = {m.rule: float(m.rule_value)} if m.rule != "none" else {}
+    return SelectConfig(negatives=m.negatives or num_negatives, window=tuple(m.window), keep_existing=m.keep_existing,
+                        min_positive_rank=m.min_positive_rank or None,
+                        min_positive_score=m.min_positive_score if m.min_positive_score > -1 else None, seed=m.seed,
+                        **rule)
+
+
 def _row(sample) -> dict:
     row = dict(query=sample.query, pos=[sample.positive], neg=list(sample.negatives))
     if sample.instruction:
@@ -94,8 +104,8 @@ def _point_at(stage_cfg, sources: dict[str, str]):
     for entry in _plain(cfg.data.datasets):
         entry = dict(entry)
         if entry["name"] in sources:  # the rows carry the instruction as "prompt"; max_examples already applied
-            entry.update(source=f"jsonl:{sources[entry['name']]}", transform="retrieval", fields={}, split="train",
-                         max_examples=None, max_chars=None, max_words=None)
+            entry.update(source=f"jsonl:{sources[entry['name']]}", task="retrieval", transform="retrieval",
+                         fields={}, split="train", max_examples=None, max_chars=None, max_words=None)
         datasets.append(entry)
     cfg.data.datasets = type(cfg.data.datasets)(datasets) if isinstance(cfg.data.datasets, (list, tuple)) \
         else datasets
