@@ -63,7 +63,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
         rows_path = os.path.join(out_dir, f"{name}.input.jsonl")
         if jax.process_index() == 0:
             samples = pipeline.load_samples(spec, SkipCounter(data.skip_invalid), data.seed)
-            write_jsonl(rows_path, (_row(s) for s in samples))
+            write_jsonl(rows_path, (_row(s, spec.instruction) for s in samples))
         _barrier(f"mine-input-{name}")
         if encoder is None or encoder.max_length != max_length:
             encoder = load_encoder(model, max_length=max_length, batch_size=m.batch_size)
@@ -91,10 +91,11 @@ def _select_config(m, num_negatives: int) -> SelectConfig:
                         **rule)
 
 
-def _row(sample) -> dict:
+def _row(sample, default_instruction: str) -> dict:
+    """A FlagEmbedding row; `prompt` is the instruction training would use (the sample's, else the dataset's)."""
     row = dict(query=sample.query, pos=[sample.positive], neg=list(sample.negatives))
-    if sample.instruction:
-        row["prompt"] = sample.instruction
+    if sample.instruction or default_instruction:
+        row["prompt"] = sample.instruction or default_instruction
     return row
 
 

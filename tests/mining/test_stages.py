@@ -51,6 +51,7 @@ def test_stage_two_trains_on_negatives_mined_with_stage_one(tmp_path, capsys):
     params, config, _ = checkpoint.restore_params(str(tmp_path / "stage1"))
     encoder = Encoder(params, config, load_tokenizer(None), max_length=96)
     sample = rows[:10]
+    assert all(r["prompt"] == cfg.stages.stage2.data.datasets[0]["instruction"] != "" for r in rows)
     q = encoder.encode([format_query(r["query"], r["prompt"]) for r in sample])
     for r, qv in zip(sample, q):
         assert len(r["neg"]) == 1 and WINDOW[0] < r["neg_meta"][0]["rank"] <= WINDOW[1]
