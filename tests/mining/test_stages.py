@@ -76,4 +76,4 @@ def test_unknown_or_non_retrieval_dataset_is_an_error(tmp_path):
     stage2 = two_stage_config().stages.stage2.copy_and_resolve_references()
     stage2.mine.datasets = ("nope",)
     with pytest.raises(ValueError, match=r"mine.datasets: no dataset 'nope' in this stage"):
-        remine_for_stage(stage2, None, str(tmp_path))
+        remine_for_stage(stage2, str(tmp_path / "stage1"), str(tmp_path))
