@@ -1,7 +1,7 @@
 """Defaults shared by every training config: the ONE table of documented keys (configs/*.py start from `base()`
 and change what differs; they never replace a whole block, so every key stays overridable on every config).
 
-Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export. Every key can be overridden
+Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export, mine. Every key can be overridden
 on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
 A key whose default is None is declared with `optional(type)` so that an override of it parses
 (`--config.data.eta=0.72`). Adding a key is one line in its block's table below.
@@ -71,8 +71,17 @@ TOP = dict(
     plot=True,
     distributed=False,    # multi-host: call jax.distributed.initialize() (TPU VMs / SLURM fill in the rest)
 )
+# Multi-stage configs: re-mine this stage's retrieval datasets with the previous stage's final model before
+# training (qzhou_jax/mining/stages.py). datasets=() mines every retrieval dataset; negatives=0 keeps each
+# dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4);
+# rule "none" | "relative_margin" | "max_score_ratio" with rule_value (e.g. 0.05 / 0.95); min_positive_rank 0
+# and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage.
+MINE = dict(
+    enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
+    min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0,
+)
 BLOCKS = dict(model=MODEL, loss=LOSS, optim=OPTIM, train=TRAIN, data=DATA, checkpoint=CHECKPOINT, eval=EVAL,
-              export=EXPORT)
+              export=EXPORT, mine=MINE)
 
 
 def plain_default(value):

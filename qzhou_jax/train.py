@@ -117,7 +117,12 @@ def run(cfg, workdir: str, *, after_step: AfterStep | None = None) -> dict[str, 
             stage.init_from = previous
         stage_dir = os.path.join(workdir, name)
         print(f"==== {name} ====", flush=True)
-        summaries[name] = _completed(stage_dir, stage) or _run_locked(stage, stage_dir, after_step)
+        summaries[name] = _completed(stage_dir, stage)
+        if not summaries[name]:
+            if stage.get("mine") and stage.mine.enabled:  # new hard negatives from the previous stage's model
+                from qzhou_jax.mining.stages import remine_for_stage
+                stage = remine_for_stage(stage, previous, stage_dir)
+            summaries[name] = _run_locked(stage, stage_dir, after_step)
         if summaries[name].get("preempted"):
             print(f"stopped during {name}; rerun the same command to finish it and the stages after it", flush=True)
             return {"stages": summaries, **summaries[name]}

@@ -1,0 +1,73 @@
+"""The mining model: an Encoder from an HF directory, an export, or a training workdir (latest checkpoint).
+
+Params go to this process's first local device (not `jax.devices()[0]`, which belongs to process 0 when several
+processes run), so every host can encode its own slice. `model_fingerprint` keys the embedding cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import jax
+import numpy as np
+
+from qzhou_jax import checkpoint
+from qzhou_jax import model as qmodel
+from qzhou_jax.encode import Encoder
+from qzhou_jax.model import ModelConfig
+from qzhou_jax.tokenizer import load_tokenizer
+
+
+def _local_shardings(config: ModelConfig):
+    abstract, _ = qmodel.abstract_params(config)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda _: device, abstract)
+
+
+def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32, dtype: str = "float32") -> Encoder:
+    if checkpoint.is_workdir(model_dir):
+        from qzhou_jax.export import _prompt  # the prompt a run records in its checkpoint meta
+
+        config = _workdir_model_config(model_dir)
+        params, _, meta = checkpoint.restore_params(model_dir, shardings=_local_shardings(config))
+        run_model = (meta.get("config") or {}).get("model") or {}
+        tokenizer = load_tokenizer(meta.get("tokenizer") or run_model.get("tokenizer") or run_model.get("hf_dir")
+                                   or None)
+        config = config.replace(dtype=dtype)  # compute dtype; the params keep the checkpoint's
+        return Encoder(params, config, tokenizer, max_length=max_length, batch_size=batch_size,
+                       prompt=_prompt(meta.get("prompt")))
+    from qzhou_jax.encode import _prompt_from_dir
+    from qzhou_jax.hf.load import load_params
+
+    config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
+    params = load_params(model_dir, config, _local_shardings(config))
+    return Encoder(params, config, load_tokenizer(model_dir), max_length=max_length, batch_size=batch_size,
+                   prompt=_prompt_from_dir(model_dir))
+
+
+def _workdir_model_config(workdir: str) -> ModelConfig:
+    """The model config of a workdir's latest checkpoint, read before its params (to place them)."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir), item_names=checkpoint.ITEMS,
+                                    item_handlers={"meta": ocp.JsonCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoint under {checkpoint.checkpoint_dir(workdir)}")
+    meta = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return checkpoint.model_config_from_dict(meta["model_config"])
+
+
+def model_fingerprint(encoder: Encoder, samples_per_leaf: int = 4096) -> str:
+    """A digest of the model: config, prompt format, length limit and an even sample of every weight tensor
+    (hashing all of a 7B model's bytes would take longer than it saves)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(checkpoint.model_config_to_dict(encoder.config), sort_keys=True, default=str).encode())
+    digest.update(repr((encoder.prompt, encoder.max_length)).encode())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(encoder.params)[0]:
+        digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
+        flat = leaf.reshape(-1)
+        idx = np.linspace(0, flat.size - 1, min(flat.size, samples_per_leaf)).astype(np.int64)
+        digest.update(np.asarray(flat[idx], np.float32).tobytes())
+    return digest.hexdigest()
