@@ -16,24 +16,20 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from qzhou_jax import checkpoint, losses, optim, sharding
+from qzhou_jax import batch as batch_lib, checkpoint, hardware, losses, optim, sharding
 from qzhou_jax import model as qmodel
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
+from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.tokenizer import load_tokenizer
-from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
+from qzhou_jax.train_step import abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn
 
 log = logging.getLogger("qzhou_jax.train")
 
-BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels")
-PEAK_FLOPS = {  # bf16 dense peak per chip, for MFU
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
-}
+BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (qzhou_jax/batch.py)
 
 
 class NonFiniteError(RuntimeError):
@@ -51,13 +47,8 @@ def build_model_config(cfg) -> ModelConfig:
 
 
 def peak_flops(cfg) -> float | None:
-    if cfg.train.get("peak_flops_per_device"):
-        return float(cfg.train.peak_flops_per_device)
-    kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
-    return None
+    """Per-device bf16 peak for MFU: train.peak_flops_per_device, else qzhou_jax/hardware.py's table."""
+    return hardware.peak_flops(jax.devices()[0].device_kind, cfg.train.get("peak_flops_per_device") or 0.0)
 
 
 def init_params(cfg, model_config: ModelConfig, shardings=None):
@@ -76,9 +67,30 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
     return init(jax.random.key(cfg.train.seed))
 
 
-def batch_shardings(mesh) -> dict:
-    ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2)
-    return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
+def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks):
+    """What train.py and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
+    step function per task type. Nothing is allocated."""
+    rules = sharding.ShardingRules.create(mesh, model_config)
+    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps))
+    state, state_shardings = abstract_state(model_config, tx, rules)
+    loss_config = losses.loss_config_from(cfg.loss)
+    chunks = cfg.train.gradcache_chunks
+    batch_sizes = DataConfig.from_config(cfg.data).batch_size
+    for task in sorted(set(tasks)):
+        problem = gradcache_balance(int(batch_sizes[task]), chunks, rules.batch_devices)
+        if problem:
+            log.warning("%s: %s", task, problem)
+    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
+                                gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
+             for task in sorted(set(tasks))}
+    return rules, tx, state, steps
+
+
+def to_device_batch(host_batch, rules) -> batch_lib.Batch:
+    """This host's numpy batch -> the global typed Batch, each field sharded as its logical axes say."""
+    names = [n for n in batch_lib.FIELDS if host_batch.get(n) is not None]
+    arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, names))
+    return batch_lib.Batch.from_host(arrays)
 
 
 class _Preemption:
@@ -125,18 +137,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     log.info("mesh %s over %d devices (%s); model %.1fM params", dict(mesh.shape), mesh.size,
              jax.devices()[0].device_kind, model_config.num_params() / 1e6)
 
-    # ---- state: params (sharded by logical rules), optimizer, shardings of everything
     total_steps = int(cfg.train.steps)
-    tx, schedule = optim.make_optimizer(cfg.optim, total_steps)
-    abstract, logical = qmodel.abstract_params(model_config)
-    param_shardings = sharding.param_shardings(abstract, logical, mesh)
-    abstract_opt = jax.eval_shape(tx.init, abstract)
-    state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                                 opt_state=sharding.opt_state_shardings(abstract_opt, param_shardings, mesh))
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract,
-                                             opt_state=abstract_opt), state_shardings)
-
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
     if len(tokenizer) > model_config.vocab_size:  # out-of-range ids would silently read garbage embeddings
@@ -147,6 +148,11 @@ def run(cfg, workdir: str) -> dict[str, Any]:
                                                  process_count=jax.process_count())
     log.info("data mixture:\n%s", info.table())
     data_iter = iter(dataset)
+
+    # ---- state and steps: every sharding from one rules object; one compiled step per task type
+    rules, tx, abstract_state, steps = build_state_and_steps(cfg, model_config, mesh, info.tasks)
+    param_shardings = jax.tree.map(lambda a: a.sharding, abstract_state.params)
+    state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
 
     # ---- resume, or initialise
     manager = checkpoint.make_manager(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
@@ -163,16 +169,6 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": json.loads(cfg.to_json_best_effort()),
             "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}}
 
-    # ---- one compiled step per task type
-    loss_config = losses.loss_config_from(cfg.loss)
-    rules = sharding.activation_rules(mesh, model_config)
-    b_shardings = batch_shardings(mesh)
-    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
-                                gradcache_chunks=cfg.train.gradcache_chunks, state_shardings=state_shardings,
-                                batch_shardings=b_shardings, metrics_sharding=sharding.replicated(mesh),
-                                rules=rules, mesh=mesh)
-             for task in sorted(set(info.tasks))}
-
     writer = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step)
     evaluator = _make_evaluator(cfg, model_config, tokenizer)
@@ -187,10 +183,10 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         host_batch = next(data_iter)
         dataset_id = int(host_batch["dataset_id"][0])
         task = info.tasks[dataset_id]
-        batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
+        batch = to_device_batch(host_batch, rules)
         state, metrics = steps[task](state, batch)
         step += 1
-        window.append((task, dataset_id, metrics, batch["anchor_ids"].shape, batch["cand_ids"].shape))
+        window.append((task, dataset_id, metrics, batch.anchor_ids.shape, batch.cand_ids.shape))
 
         if step % cfg.train.log_every == 0 or step == total_steps:
             jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done
