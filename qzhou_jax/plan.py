@@ -46,15 +46,16 @@ class PlanError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ topology
 def _near_cube(chips: int, dims: int) -> str:
-    """A slice shape for `chips` (powers of two): 64 -> 4x4x4, 128 -> 4x4x8, 256 (2D) -> 16x16."""
+    """The Cloud TPU slice shape for `chips` (powers of two): 4 -> 2x2x1, 16 -> 2x2x4, 64 -> 4x4x4, 128 -> 4x4x8;
+    2D: 8 -> 2x4, 256 -> 16x16."""
     if chips & (chips - 1):
         raise PlanError(f"{chips} chips: only power-of-two slices are supported")
     shape = [1] * dims
     i = 0
     while math.prod(shape) < chips:
-        shape[dims - 1 - (i % dims)] *= 2
+        shape[i % dims] *= 2
         i += 1
-    return "x".join(map(str, sorted(shape)))
+    return "x".join(map(str, sorted(d for d in shape if d > 1) + [d for d in shape if d == 1]))
 
 
 def topology_devices(topology: str) -> tuple[list[Any], hardware.Chip]:
@@ -66,8 +67,8 @@ def topology_devices(topology: str) -> tuple[list[Any], hardware.Chip]:
         try:
             devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
         except Exception as e:  # noqa: BLE001 - libtpu missing or refusing: say what to install
-            raise PlanError(f"cannot build TPU topology {name!r} ({type(e).__name__}: {e}); install libtpu with "
-                            f"`pip install -e .[tpu]` (jax[tpu] matching jax {jax.__version__})") from e
+            raise PlanError(f"cannot build TPU topology {name!r} ({type(e).__name__}: {e}); compiling for TPU "
+                            f"needs libtpu: `pip install -e .[tpu]` (jax[tpu]=={jax.__version__})") from e
     else:
         try:
             from jax.experimental import topologies
