@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -63,6 +64,8 @@ def topology_devices(topology: str) -> tuple[list[Any], hardware.Chip]:
     gen, chips = hardware.parse_topology(topology)
     if gen in hardware.CORES_PER_CHIP:
         from jax.experimental import topologies
+        # Compile-only: no chip to guard, so several planners (or tests) may load libtpu at once.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         name = f"{gen}:{_near_cube(chips, 3 if gen in ('v4', 'v5p') else 2)}"
         try:
             devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)

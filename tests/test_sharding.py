@@ -1,6 +1,7 @@
 """One sharding truth: every parameter, optimizer leaf and batch field gets the spec the rules say, on meshes
 (8,1,1), (1,8,1), (2,2,2) and one where a rule cannot divide; meshes are laid out by mesh_utils."""
 import logging
+import os
 import math
 
 import jax
@@ -172,6 +173,7 @@ def test_make_mesh_lays_out_devices_with_mesh_utils(monkeypatch, caplog):
 
 def test_make_mesh_on_a_tpu_topology_follows_the_torus():
     topologies = pytest.importorskip("jax.experimental.topologies")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: other libtpu users may be running
     try:
         devices = topologies.get_topology_desc(platform="tpu", topology_name="v5p:2x2x2").devices
     except Exception as e:  # noqa: BLE001 - libtpu missing or unusable here
