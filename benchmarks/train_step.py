@@ -143,7 +143,45 @@ def optim_config(lr: float, weight_decay: float, clip: float):
     return cfg
 
 
-def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float) -> dict:
+def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
+    """Where the step's time goes: the same pieces compiled on their own, median of `repeats` each."""
+    import flax
+    import jax
+
+    from qzhou_jax import losses
+    from qzhou_jax.train_step import embed_batch, mesh_context, plain_loss_and_grads
+
+    def timed(fn, *args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def scoped(fn):
+        def run(*args):
+            with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
+                return fn(*args)
+        return jax.jit(run)
+    loss_config = losses.LossConfig(tau=TAU)
+    with mesh_context(rules.mesh):
+        forward = scoped(lambda p, b: embed_batch(p, config, b))
+        grads_fn = scoped(lambda p, b: plain_loss_and_grads(p, config, loss_config, TASK, b)[2])
+        grads = grads_fn(state.params, batch)
+        update = jax.jit(lambda g, o, p: tx.update(g, o, p))
+        embedding_grad = scoped(lambda p, b: jax.grad(lambda e: jax.numpy.take(e, b.anchor_ids, axis=0).sum())(
+            p["embedding"]))
+        return {"forward_s": timed(forward, state.params, batch), "loss_and_grads_s": timed(grads_fn, state.params,
+                                                                                           batch),
+                "optimizer_update_s": timed(update, grads, state.opt_state, state.params),
+                "embedding_dense_grad_s": timed(embedding_grad, state.params, batch),
+                "embedding_mb": state.params["embedding"].nbytes / 2**20}
+
+
+def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
+            profile: bool = False) -> dict:
     _one_cpu_device()
     import jax
 
@@ -182,7 +220,9 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     tokens_anchor = float(batch["anchor_mask"].sum())
     tokens_cand = float((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
     shapes = {k: v.shape for k, v in batch.items()}
-    return dict(load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
+    breakdown = _breakdown(state, device_batch, config, tx, rules, steps) if profile else None
+    return dict(breakdown=breakdown,
+                load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
                 losses=step_losses, grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(),
                 model_flops=batch_flops(config, shapes, tokens_anchor, tokens_cand),
                 device=str(jax.devices()[0].platform), tokens=int(metrics["tokens"]))
@@ -289,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the JAX step's pieces alone: forward, loss+gradients, AdamW update, and the "
+                             "dense embedding-table gradient")
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.query_len, args.passage_len, args.matmul_size, args.matmul_repeats) < 1 \
             or args.negatives < 0:
@@ -303,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         n_params = make_checkpoint_for(args, model_dir)
         common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
         torch_side = in_fresh_process(run_torch, *common, args.threads)
-        jax_side = in_fresh_process(run_jax, *common)
+        jax_side = in_fresh_process(run_jax, *common, args.profile)
 
     tokens_anchor = int(batch["anchor_mask"].sum())
     tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
@@ -332,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9},
                              oversubscribed=load["oversubscribed"]))
     print(f"JAX compile (ahead of time, excluded from the warm-up step): {jax_side['compile_s']:.2f} s")
+    if jax_side["breakdown"]:
+        bd = jax_side["breakdown"]
+        print(f"JAX step pieces alone (median): forward {bd['forward_s']:.3f} s, loss+gradients "
+              f"{bd['loss_and_grads_s']:.3f} s, AdamW update {bd['optimizer_update_s']:.3f} s, dense gradient of the "
+              f"{bd['embedding_mb']:.0f} MB embedding table {bd['embedding_dense_grad_s']:.3f} s; whole step "
+              f"{jax_row['step_s']:.3f} s")
     print(f"losses    JAX {' '.join(f'{x:.6f}' for x in jax_side['losses'])}")
     print(f"          PyTorch {' '.join(f'{x:.6f}' for x in torch_side['losses'])}  (max |diff| {loss_diff:.2e})")
     print(f"grad norm JAX {' '.join(f'{x:.5f}' for x in jax_side['grad_norms'])}")
@@ -346,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "model_flops_per_step": flops,
         "matmul_peak": peak, "cores": cores, "steps": args.steps, "load_average": load["load_average"],
         "oversubscribed": load["oversubscribed"],
-        "jax": {**jax_row, "compile_s": jax_side["compile_s"], "device": jax_side["device"]},
+        "jax": {**jax_row, "compile_s": jax_side["compile_s"], "device": jax_side["device"],
+                "breakdown": jax_side["breakdown"]},
         "torch": {**torch_row, "threads": torch_side["threads"]},
         "ratio_jax_over_torch": ratios(jax_row, torch_row, ("step_s", "tokens_per_s", "peak_rss_mb"), load),
         "initial_loss": {"jax": jax_side["losses"][0], "torch": torch_side["losses"][0]},
