@@ -99,13 +99,41 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- report
+def machine_load(load_before: float, load_after: float, cores: int | None = None) -> dict:
+    """Whether the cores were oversubscribed during a run, from the 1-minute load average before and after it.
+
+    A benchmark that uses every core itself raises the load to about `cores`; above 1.25 x cores other work was
+    competing for them, and the two libraries suffer unequally (PyTorch's spinning threads more), so ratios taken
+    then are not comparisons of the code. Then tables print no ratio and JSON carries `oversubscribed: true`."""
+    cores = cores or len(os.sched_getaffinity(0))
+    worst = max(load_before, load_after)
+    return {"load_average": [load_before, load_after], "cores": cores, "oversubscribed": worst > 1.25 * cores}
+
+
+def load_note(load: dict) -> str:
+    before, after = load["load_average"]
+    note = f"1-min load average {before:.1f} before, {after:.1f} after on {load['cores']} cores"
+    if load["oversubscribed"]:
+        note += (" -- OVERSUBSCRIBED: other processes competed for the cores; JAX/PyTorch ratios are withheld "
+                 "(rerun on a quiet machine, load under the core count)")
+    return note
+
+
+def ratios(jax_row: dict, torch_row: dict, keys: Sequence[str], load: dict) -> dict | None:
+    """JAX / PyTorch per key, or None when the machine was oversubscribed (see machine_load)."""
+    if load["oversubscribed"]:
+        return None
+    return {k: jax_row[k] / torch_row[k] for k in keys}
+
+
 def side_by_side_table(rows: Sequence[tuple[str, str, str]], jax_row: dict, torch_row: dict,
-                       scale: dict[str, float] | None = None) -> str:
+                       scale: dict[str, float] | None = None, oversubscribed: bool = False) -> str:
     """One line per (label, key, format): JAX, PyTorch, JAX/PyTorch; `scale[key]` multiplies the shown values
-    (not the ratio), e.g. 1e-9 to show FLOP/s as GFLOP/s."""
+    (not the ratio), e.g. 1e-9 to show FLOP/s as GFLOP/s. `oversubscribed`: the ratio column says "loaded"."""
     scale = scale or {}
     lines = [f"{'':24s}{'JAX':>12s}{'PyTorch':>12s}{'JAX/PyTorch':>14s}"]
     for label, key, fmt in rows:
         a, b, s = jax_row[key], torch_row[key], scale.get(key, 1.0)
-        lines.append(f"{label:24s}{fmt.format(a * s):>12s}{fmt.format(b * s):>12s}{a / b:>14.2f}")
+        ratio = f"{'loaded':>14s}" if oversubscribed else f"{a / b:>14.2f}"
+        lines.append(f"{label:24s}{fmt.format(a * s):>12s}{fmt.format(b * s):>12s}{ratio}")
     return "\n".join(lines)

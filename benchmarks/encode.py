@@ -32,7 +32,8 @@ if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/encode.py` puts benchmarks/, not the repo, on the path
 
 from benchmarks.common import (add_model_args, add_runtime_args, describe_model, in_fresh_process,  # noqa: E402
-                               make_checkpoint_for, model_summary, peak_rss_mb, rss_mb, side_by_side_table,
+                               load_note, machine_load, make_checkpoint_for, model_summary, peak_rss_mb,
+                               ratios, rss_mb, side_by_side_table,
                                synthetic_texts)
 
 SOURCES = ("stsb", "scifact", "synthetic")
@@ -205,10 +206,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{len(texts)} texts from {source}: {real_tokens} real tokens (mean {real_tokens / len(texts):.1f}, "
           f"{padded_tokens} after bucket padding), "
           f"batch {args.batch_size} x {n_batches}, max length {args.max_length}, buckets {list(buckets)}")
+    load = machine_load(load_before, os.getloadavg()[0])
     print(f"JAX on {jax_side['device']}; PyTorch {torch_side['attention']} attention, {torch_side['threads']} "
           f"threads; {len(os.sched_getaffinity(0))} CPU cores visible; median of {args.repeats} timed passes; "
-          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(side_by_side_table(TABLE, jax_row, torch_row))
+          f"{load_note(load)}")
+    print(side_by_side_table(TABLE, jax_row, torch_row, oversubscribed=load["oversubscribed"]))
     print(f"compile (JAX warm-up - timed pass): {jax_row['warmup_s'] - jax_row['pass_s']:.2f} s")
     print(f"embedding agreement JAX vs PyTorch: cosine min {cosine.min():.6f}, mean {cosine.mean():.6f}")
 
@@ -217,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "data": {"source": source, "texts": len(texts), "real_tokens": real_tokens, "padded_tokens": padded_tokens,
                  "batch_size": args.batch_size, "max_length": args.max_length},
         "cores": len(os.sched_getaffinity(0)), "repeats": args.repeats,
-        "load_average": [load_before, os.getloadavg()[0]],
+        "load_average": load["load_average"], "oversubscribed": load["oversubscribed"],
         "jax": {**jax_row, "compile_s": jax_row["warmup_s"] - jax_row["pass_s"], "device": jax_side["device"]},
         "torch": {**torch_row, "threads": torch_side["threads"], "attention": torch_side["attention"]},
-        "ratio_jax_over_torch": {k: jax_row[k] / torch_row[k] for k in ("texts_per_s", "ms_per_batch")},
+        "ratio_jax_over_torch": ratios(jax_row, torch_row, ("texts_per_s", "ms_per_batch"), load),
         "cosine": {"min": float(cosine.min()), "mean": float(cosine.mean())},
     }
     print(json.dumps(summary))

@@ -16,8 +16,10 @@ Each side runs in its own fresh process (clean peak RSS, no idle thread pools of
 warm-up step, then `--steps` timed steps (median reported). Both start from the same weights and train on the same
 batch every step, so their per-step losses and gradient norms must agree (the loss falls fast: the batch is
 memorised): that checks that they run the same computation, optimizer included.
-MFU here is model FLOP/s (train_step.flops_per_token x real tokens / step time) over this machine's measured fp32
-matmul FLOP/s (numpy, `--matmul-size`^2 matrices, best of `--matmul-repeats`). Prints a table and one JSON line.
+MFU here is model FLOP/s (train_step.flops_per_token x real tokens / step time) over this machine's fp32 matmul
+FLOP/s measured by JAX in the same run (a jitted `--matmul-size`^2 matmul, best of `--matmul-repeats`): what the
+same compiler reaches on its best-case op. When the 1-minute load average shows the cores oversubscribed, the
+JAX/PyTorch ratios are withheld (common.machine_load). Prints a table and one JSON line.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/train_step.py` puts benchmarks/, not the repo, on the path
 
 from benchmarks.common import (add_model_args, add_runtime_args, describe_model, in_fresh_process,  # noqa: E402
-                               make_checkpoint_for, model_summary, peak_rss_mb, rss_mb, side_by_side_table,
+                               load_note, machine_load, make_checkpoint_for, model_summary, peak_rss_mb,
+                               ratios, rss_mb, side_by_side_table,
                                synthetic_texts)
 
 TASK = "retrieval"
@@ -106,17 +109,28 @@ def make_batch(samples, query_len: int, passage_len: int) -> dict[str, np.ndarra
 
 # ------------------------------------------------------------------------------------------ machine peak
 def matmul_flops(size: int, repeats: int) -> dict:
-    """fp32 FLOP/s of numpy (BLAS, all cores) on size x size matrices: best and median of `repeats`."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, size, size), dtype=np.float32)
-    a @ b  # warm-up: thread pool start, page faults
+    """fp32 FLOP/s of a jitted JAX matmul (XLA:CPU, one device as the step uses, all cores) on size x size
+    matrices: best and median of `repeats`. The denominator of MFU: same compiler, same threads as the step."""
+    _one_cpu_device()
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
+    matmul(a, b).block_until_ready()  # compile, thread pool start, page faults
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        matmul(a, b).block_until_ready()
         rates.append(2 * size ** 3 / (time.perf_counter() - start))
     return {"size": size, "repeats": repeats, "best_flops": max(rates), "median_flops": statistics.median(rates),
-            "numpy": np.__version__}
+            "by": f"jax {jax.__version__} jit fp32"}
+
+
+def _one_cpu_device() -> None:
+    """One CPU device, whatever the parent's XLA_FLAGS say (the test suite fakes 8)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = flags.strip()
 
 
 # ------------------------------------------------------------------------------------------------- JAX side
@@ -129,39 +143,70 @@ def optim_config(lr: float, weight_decay: float, clip: float):
     return cfg
 
 
-def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float) -> dict:
-    # One CPU device, whatever the parent's XLA_FLAGS say (the test suite fakes 8).
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = flags.strip()
+def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
+    """Where the step's time goes: the same pieces compiled on their own, median of `repeats` each."""
+    import flax
     import jax
 
-    from qzhou_jax import losses, optim, sharding
-    from qzhou_jax import model as qmodel
+    from qzhou_jax import losses
+    from qzhou_jax.train_step import embed_batch, mesh_context, plain_loss_and_grads
+
+    def timed(fn, *args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def scoped(fn):
+        def run(*args):
+            with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
+                return fn(*args)
+        return jax.jit(run)
+    loss_config = losses.LossConfig(tau=TAU)
+    with mesh_context(rules.mesh):
+        forward = scoped(lambda p, b: embed_batch(p, config, b))
+        grads_fn = scoped(lambda p, b: plain_loss_and_grads(p, config, loss_config, TASK, b)[2])
+        grads = grads_fn(state.params, batch)
+        update = jax.jit(lambda g, o, p: tx.update(g, o, p))
+        embedding_grad = scoped(lambda p, b: jax.grad(lambda e: jax.numpy.take(e, b.anchor_ids, axis=0).sum())(
+            p["embedding"]))
+        return {"forward_s": timed(forward, state.params, batch), "loss_and_grads_s": timed(grads_fn, state.params,
+                                                                                           batch),
+                "optimizer_update_s": timed(update, grads, state.opt_state, state.params),
+                "embedding_dense_grad_s": timed(embedding_grad, state.params, batch),
+                "embedding_mb": state.params["embedding"].nbytes / 2**20}
+
+
+def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
+            profile: bool = False) -> dict:
+    _one_cpu_device()
+    import jax
+
+    from qzhou_jax import batch as batch_lib, losses, optim, sharding
     from qzhou_jax.hf.load import load_params
     from qzhou_jax.model import ModelConfig
-    from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn, mesh_context
+    from qzhou_jax.train_step import abstract_state, batch_flops, create_state, make_step_fn, mesh_context
 
     start = time.perf_counter()
     config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy="none")
     mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
+    rules = sharding.ShardingRules.create(mesh, config)
     tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1)
-    abstract, logical = qmodel.abstract_params(config)
-    p_sh = sharding.param_shardings(abstract, logical, mesh)
-    st_sh = TrainState(step=sharding.replicated(mesh), params=p_sh,
-                       opt_state=sharding.opt_state_shardings(jax.eval_shape(tx.init, abstract), p_sh, mesh))
-    b_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-    state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, p_sh))
-    device_batch = jax.device_put(batch, b_sh)
+    _, st_sh = abstract_state(config, tx, rules)
+    typed = batch_lib.Batch.from_host(batch)
+    state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, st_sh.params))
+    device_batch = jax.device_put(typed, batch_lib.shardings(rules, typed))
     jax.block_until_ready((state, device_batch))
     load, rss_loaded = time.perf_counter() - start, rss_mb()
 
     step = make_step_fn(TASK, config=config, loss_config=losses.LossConfig(tau=TAU), tx=tx, schedule=schedule,
-                        gradcache_chunks=0, state_shardings=st_sh, batch_shardings=b_sh,
-                        metrics_sharding=sharding.replicated(mesh), rules=sharding.activation_rules(mesh, config),
-                        mesh=mesh)
+                        gradcache_chunks=0, rules=rules, state_shardings=st_sh)
     start = time.perf_counter()
     with mesh_context(mesh):
-        compiled = step.jitted.lower(state, device_batch).compile()
+        compiled = step.jitted_for(device_batch).lower(state, device_batch).compile()
     compile_s = time.perf_counter() - start
 
     step_s, step_losses, grad_norms = [], [], []
@@ -175,7 +220,9 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     tokens_anchor = float(batch["anchor_mask"].sum())
     tokens_cand = float((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
     shapes = {k: v.shape for k, v in batch.items()}
-    return dict(load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
+    breakdown = _breakdown(state, device_batch, config, tx, rules, steps) if profile else None
+    return dict(breakdown=breakdown,
+                load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
                 losses=step_losses, grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(),
                 model_flops=batch_flops(config, shapes, tokens_anchor, tokens_cand),
                 device=str(jax.devices()[0].platform), tokens=int(metrics["tokens"]))
@@ -282,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the JAX step's pieces alone: forward, loss+gradients, AdamW update, and the "
+                             "dense embedding-table gradient")
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.query_len, args.passage_len, args.matmul_size, args.matmul_repeats) < 1 \
             or args.negatives < 0:
@@ -296,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         n_params = make_checkpoint_for(args, model_dir)
         common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
         torch_side = in_fresh_process(run_torch, *common, args.threads)
-        jax_side = in_fresh_process(run_jax, *common)
+        jax_side = in_fresh_process(run_jax, *common, args.profile)
 
     tokens_anchor = int(batch["anchor_mask"].sum())
     tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
@@ -310,20 +360,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     loss_diff = max(abs(a - b) for a, b in zip(jax_side["losses"], torch_side["losses"]))
     norm_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(jax_side["grad_norms"], torch_side["grad_norms"]))
     cores = len(os.sched_getaffinity(0))
-    load_after = os.getloadavg()[0]
+    load = machine_load(load_before, os.getloadavg()[0], cores)
 
     print(f"{describe_model(args, n_params)}, {args.dtype} compute, fp32 weights and AdamW state "
           f"(lr {args.lr:g}, weight decay {args.weight_decay:g}, clip {clip:g})")
     print(f"retrieval batch from {source}: {args.batch} queries x (1 + {args.negatives}) passages, lengths "
           f"{args.query_len}/{args.passage_len}; {real_tokens} real tokens ({tokens_anchor} query + {tokens_cand} "
           f"passage) of {padded_tokens} padded; model FLOPs/step {flops / 1e9:.4g} G")
-    print(f"machine: {cores} CPU cores visible; numpy fp32 {args.matmul_size}^2 matmul {peak['best_flops'] / 1e9:.1f} "
-          f"GFLOP/s best, {peak['median_flops'] / 1e9:.1f} median of {args.matmul_repeats}; 1-min load average "
-          f"{load_before:.1f} before, {load_after:.1f} after")
+    print(f"machine: {cores} CPU cores visible; JAX jit fp32 {args.matmul_size}^2 matmul "
+          f"{peak['best_flops'] / 1e9:.1f} GFLOP/s best, {peak['median_flops'] / 1e9:.1f} median of "
+          f"{args.matmul_repeats} (the MFU denominator); {load_note(load)}")
     print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device); PyTorch {torch_side['threads']} threads, SDPA; "
           f"median of {args.steps} timed steps after one warm-up step")
-    print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9}))
+    print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9},
+                             oversubscribed=load["oversubscribed"]))
     print(f"JAX compile (ahead of time, excluded from the warm-up step): {jax_side['compile_s']:.2f} s")
+    if jax_side["breakdown"]:
+        bd = jax_side["breakdown"]
+        print(f"JAX step pieces alone (median): forward {bd['forward_s']:.3f} s, loss+gradients "
+              f"{bd['loss_and_grads_s']:.3f} s, AdamW update {bd['optimizer_update_s']:.3f} s, dense gradient of the "
+              f"{bd['embedding_mb']:.0f} MB embedding table {bd['embedding_dense_grad_s']:.3f} s; whole step "
+              f"{jax_row['step_s']:.3f} s")
     print(f"losses    JAX {' '.join(f'{x:.6f}' for x in jax_side['losses'])}")
     print(f"          PyTorch {' '.join(f'{x:.6f}' for x in torch_side['losses'])}  (max |diff| {loss_diff:.2e})")
     print(f"grad norm JAX {' '.join(f'{x:.5f}' for x in jax_side['grad_norms'])}")
@@ -336,10 +393,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  "passage_tokens": tokens_cand, "padded_tokens": padded_tokens},
         "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "grad_clip": clip, "tau": TAU},
         "model_flops_per_step": flops,
-        "matmul_peak": peak, "cores": cores, "steps": args.steps, "load_average": [load_before, load_after],
-        "jax": {**jax_row, "compile_s": jax_side["compile_s"], "device": jax_side["device"]},
+        "matmul_peak": peak, "cores": cores, "steps": args.steps, "load_average": load["load_average"],
+        "oversubscribed": load["oversubscribed"],
+        "jax": {**jax_row, "compile_s": jax_side["compile_s"], "device": jax_side["device"],
+                "breakdown": jax_side["breakdown"]},
         "torch": {**torch_row, "threads": torch_side["threads"]},
-        "ratio_jax_over_torch": {k: jax_row[k] / torch_row[k] for k in ("step_s", "tokens_per_s", "peak_rss_mb")},
+        "ratio_jax_over_torch": ratios(jax_row, torch_row, ("step_s", "tokens_per_s", "peak_rss_mb"), load),
         "initial_loss": {"jax": jax_side["losses"][0], "torch": torch_side["losses"][0]},
         "max_loss_diff": loss_diff, "max_grad_norm_rel_diff": norm_rel,
     }

@@ -18,29 +18,24 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from qzhou_jax import checkpoint, config_check, losses, loop_guards, optim, sharding
+from qzhou_jax import batch as batch_lib, checkpoint, config_check, hardware, losses, loop_guards, optim, sharding
 from qzhou_jax import model as qmodel
 from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; train.load_config stays valid
 from qzhou_jax.config_base import REQUIRED
-from qzhou_jax.data import global_batch, packing, pipeline as data_pipeline
+from qzhou_jax.data import global_batch, pipeline as data_pipeline
+from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
-from qzhou_jax.train_step import TrainState, batch_flops, create_state, make_step_fn
+from qzhou_jax.train_step import abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn
 from qzhou_jax.workdir_lock import WorkdirBusyError, WorkdirLock
 
 log = logging.getLogger("qzhou_jax.train")
 
-BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels",
-              "anchor_hash", "cand_hash")  # hashes: the losses' duplicate masks (data/tokenize.py)
-PEAK_FLOPS = {  # bf16 dense peak per chip, for MFU
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
-}
+BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (qzhou_jax/batch.py)
 
 
 class NonFiniteError(RuntimeError):
@@ -59,13 +54,8 @@ def build_model_config(cfg) -> ModelConfig:
 
 
 def peak_flops(cfg) -> float | None:
-    if cfg.train.get("peak_flops_per_device"):
-        return float(cfg.train.peak_flops_per_device)
-    kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
-    return None
+    """Per-device bf16 peak for MFU: train.peak_flops_per_device, else qzhou_jax/hardware.py's table."""
+    return hardware.peak_flops(jax.devices()[0].device_kind, cfg.train.get("peak_flops_per_device") or 0.0)
 
 
 def init_params(cfg, model_config: ModelConfig, shardings=None):
@@ -89,10 +79,30 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
     return init(jax.random.key(cfg.train.seed))
 
 
-def batch_shardings(mesh, packed: bool = False) -> dict:
-    ndims = dict(anchor_ids=2, anchor_mask=2, cand_ids=3, cand_mask=3, cand_valid=2, score=1, labels=2,
-                 anchor_hash=1, cand_hash=2, **packing.PACKED_NDIMS)
-    return {k: sharding.batch_sharding(mesh, ndims[k]) for k in packing.batch_keys(BATCH_KEYS, packed)}
+def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks):
+    """What train.py and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
+    step function per task type. Nothing is allocated."""
+    rules = sharding.ShardingRules.create(mesh, model_config)
+    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps))
+    state, state_shardings = abstract_state(model_config, tx, rules)
+    loss_config = losses.loss_config_from(cfg.loss)
+    chunks = cfg.train.gradcache_chunks
+    batch_sizes = DataConfig.from_config(cfg.data).batch_size
+    for task in sorted(set(tasks)):
+        problem = gradcache_balance(int(batch_sizes[task]), chunks, rules.batch_devices)
+        if problem:
+            log.warning("%s: %s", task, problem)
+    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
+                                gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
+             for task in sorted(set(tasks))}
+    return rules, tx, state, steps
+
+
+def to_device_batch(host_batch, rules) -> batch_lib.Batch:
+    """This host's numpy batch -> the global typed Batch, each field sharded as its logical axes say."""
+    names = [n for n in batch_lib.FIELDS if host_batch.get(n) is not None]
+    arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, names))
+    return batch_lib.Batch.from_host(arrays)
 
 
 # ====================================================================================================== run
@@ -159,18 +169,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     log.info("mesh %s over %d devices (%s); model %.1fM params", dict(mesh.shape), mesh.size,
              jax.devices()[0].device_kind, model_config.num_params() / 1e6)
 
-    # ---- state: params (sharded by logical rules), optimizer, shardings of everything
     total_steps = int(cfg.train.steps)
-    tx, schedule = optim.make_optimizer(cfg.optim, total_steps)
-    abstract, logical = qmodel.abstract_params(model_config)
-    param_shardings = sharding.param_shardings(abstract, logical, mesh)
-    abstract_opt = jax.eval_shape(tx.init, abstract)
-    state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                                 opt_state=sharding.opt_state_shardings(abstract_opt, param_shardings, mesh))
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract,
-                                             opt_state=abstract_opt), state_shardings)
-
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
     check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
@@ -180,6 +179,11 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     if report := info.skipped.report():
         print(f"skipped rows (per dataset and reason):\n{report}", flush=True)
     data_iter = iter(dataset)
+
+    # ---- state and steps: every sharding from one rules object; one compiled step per task type
+    rules, tx, abstract_state, steps = build_state_and_steps(cfg, model_config, mesh, info.tasks)
+    param_shardings = jax.tree.map(lambda a: a.sharding, abstract_state.params)
+    state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
 
     # ---- resume, or initialise
     manager = checkpoint.make_manager(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
@@ -202,16 +206,6 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
             "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg)}
-
-    # ---- one compiled step per task type
-    loss_config = losses.loss_config_from(cfg.loss)
-    rules = sharding.activation_rules(mesh, model_config)
-    b_shardings = batch_shardings(mesh, packed=bool(cfg.data.get("packing")))
-    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
-                                gradcache_chunks=cfg.train.gradcache_chunks, state_shardings=state_shardings,
-                                batch_shardings=b_shardings, metrics_sharding=sharding.replicated(mesh),
-                                rules=rules, mesh=mesh)
-             for task in sorted(set(info.tasks))}
 
     writer = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step)
@@ -237,10 +231,10 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
             host_batch = next(data_iter)
             dataset_id = int(host_batch["dataset_id"][0])
             task = info.tasks[dataset_id]
-            batch = global_batch.to_global(host_batch, b_shardings)  # keys of b_shardings only
+            batch = to_device_batch(host_batch, rules)
             state, metrics = steps[task](state, batch)
             step += 1
-            shapes = [batch["packed_ids" if "packed_ids" in batch else k].shape for k in ("anchor_ids", "cand_ids")]
+            shapes = [batch.packed_ids.shape] * 2 if batch.packed else [batch.anchor_ids.shape, batch.cand_ids.shape]
             window.append((task, dataset_id, metrics, *shapes))
 
             if step % cfg.train.log_every == 0 or step == total_steps:

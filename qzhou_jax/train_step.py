@@ -12,6 +12,7 @@ accumulating parameter gradients. Same gradients as the plain step, more compute
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import flax
@@ -19,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from qzhou_jax import losses, model as qmodel, optim
+from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
+from qzhou_jax.batch import Batch
 from qzhou_jax.model import ModelConfig
 
-Batch = dict[str, jax.Array]
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -36,37 +38,62 @@ def create_state(params, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, rules) -> tuple[TrainState, TrainState]:
+    """(abstract train state with shardings, its shardings), without allocating anything: the one builder that
+    train.py, plan.py and the benchmarks share. The state is eval_shaped from boxed params, so the optimizer's
+    moments carry their params' logical names and `rules` maps every leaf (counters replicated)."""
+    abstract, logical = qmodel.abstract_params(config)
+    boxed = jax.eval_shape(lambda p: create_state(p, tx), sharding.box(abstract, logical))
+    state_shardings = rules.boxed_shardings(boxed)
+    unboxed = flax.linen.unbox(boxed)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, state_shardings)
+    return state, state_shardings
+
+
 # ------------------------------------------------------------------------------------------------ embeddings
 def _embed(params, config: ModelConfig, ids, mask, dim=None):
     return qmodel.embed_tokens(params, config, ids, mask, dim)
 
 
 def embed_packed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Packed batch (data/packing.py keys): one forward over the packed rows, pooled per segment, gathered back to
-    anchors [B, E] and candidates [B, C, E] -- the same embeddings as the padded path."""
-    seg = batch["packed_segment_ids"]
-    hidden = qmodel.hidden_states(params, config, batch["packed_ids"], segment_ids=seg)
-    num_segments = batch["packed_segment_lengths"].shape[-1]
+    """Packed batch (data/packing.py fields): one forward over the packed rows, pooled per segment, gathered back
+    to anchors [B, E] and candidates [B, C, E] -- the same embeddings as the padded path."""
+    seg = batch.packed_segment_ids
+    hidden = qmodel.hidden_states(params, config, batch.packed_ids, segment_ids=seg)
+    num_segments = batch.packed_segment_lengths.shape[-1]
     pick = lambda index: qmodel.embed_segments(hidden, seg, num_segments, index, config.pooling)  # noqa: E731
-    return pick(batch["packed_anchor_index"]), pick(batch["packed_cand_index"])
+    return pick(batch.packed_anchor_index), pick(batch.packed_cand_index)
+
+
+def _embed_side(params, config: ModelConfig, side: str, inputs: dict[str, jax.Array]) -> jax.Array:
+    """One side's embeddings: anchors [B, E] or candidates [B, C, E] (flattened to B*C texts for the model)."""
+    ids, mask = inputs[f"{side}_ids"], inputs[f"{side}_mask"]
+    if side == "cand":
+        b, c, length = ids.shape
+        return _embed(params, config, ids.reshape(b * c, length), mask.reshape(b * c, length)).reshape(b, c, -1)
+    return _embed(params, config, ids, mask)
 
 
 def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Anchors [B, E] and candidates [B, C, E], L2-normalised float32."""
-    if "packed_ids" in batch:
+    if batch.packed:
         return embed_packed_batch(params, config, batch)
-    a = _embed(params, config, batch["anchor_ids"], batch["anchor_mask"])
-    b, c, length = batch["cand_ids"].shape
-    cands = _embed(params, config, batch["cand_ids"].reshape(b * c, length), batch["cand_mask"].reshape(b * c, length))
-    return a, cands.reshape(b, c, -1)
+    return (_embed_side(params, config, "anchor", batch.side_inputs("anchor")),
+            _embed_side(params, config, "cand", batch.side_inputs("cand")))
 
 
 def _loss_from_embeddings(a, c, batch: Batch, task: str, loss_config: losses.LossConfig):
-    return losses.task_loss(task, a, c, batch["cand_valid"], score=batch.get("score"), labels=batch.get("labels"),
-                            config=loss_config, anchor_hash=batch.get("anchor_hash"), cand_hash=batch.get("cand_hash"))
+    return losses.task_loss(task, a, c, batch.cand_valid, score=batch.score, labels=batch.labels,
+                            config=loss_config, anchor_hash=batch.anchor_hash, cand_hash=batch.cand_hash)
+
+
+def _as_batch(batch) -> Batch:
+    return batch if isinstance(batch, Batch) else Batch.from_host(batch)
 
 
 def plain_loss_and_grads(params, config, loss_config, task, batch):
+    batch = _as_batch(batch)
+
     def loss_fn(p):
         a, c = embed_batch(p, config, batch)
         return _loss_from_embeddings(a, c, batch, task, loss_config)
@@ -87,28 +114,44 @@ def _from_chunks(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1).reshape((n * per,) + x.shape[2:])
 
 
+def gradcache_balance(batch_size: int, num_chunks: int, batch_devices: int) -> str | None:
+    """Why `num_chunks` GradCache chunks of a `batch_size` batch do not split evenly over the batch devices
+    (each chunk's B/K rows are spread over them: a remainder idles devices), or None when they do."""
+    if num_chunks <= 1:
+        return None
+    if batch_size % num_chunks:
+        return f"batch {batch_size} is not divisible by {num_chunks} GradCache chunks"
+    per_chunk = batch_size // num_chunks
+    if per_chunk % batch_devices:
+        return (f"GradCache chunks of {per_chunk} rows ({batch_size} / {num_chunks}) do not divide over "
+                f"{batch_devices} batch devices: pick chunks so that batch / chunks is a multiple of "
+                f"{batch_devices} (e.g. {_even_chunks(batch_size, batch_devices)})")
+    return None
+
+
+def _even_chunks(batch_size: int, batch_devices: int) -> str:
+    ok = [k for k in range(2, batch_size + 1) if batch_size % k == 0 and (batch_size // k) % batch_devices == 0]
+    return ", ".join(map(str, ok[:4])) or "none: use fewer batch devices"
+
+
 def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks: int):
-    if "packed_ids" in batch:
+    batch = _as_batch(batch)
+    if batch.packed:
         raise ValueError("data.packing does not support GradCache yet (train.gradcache_chunks > 1): packed rows mix "
                          "texts of different examples, so they can't be chunked by example; turn one of them off")
-    b, c, lc = batch["cand_ids"].shape
+    b = batch.size
     if b % num_chunks:
         raise ValueError(f"batch size {b} is not divisible by gradcache chunks {num_chunks}")
-    chunked = {
-        "anchor": (_to_chunks(batch["anchor_ids"], num_chunks), _to_chunks(batch["anchor_mask"], num_chunks)),
-        "cand": (_to_chunks(batch["cand_ids"].reshape(b, c * lc), num_chunks),
-                 _to_chunks(batch["cand_mask"].reshape(b, c * lc), num_chunks)),
-    }
+    # Every model input of each side (batch.FIELDS rows with a `side`), chunked along its batch axis.
+    chunked = {side: jax.tree.map(lambda x: _to_chunks(x, num_chunks), batch.side_inputs(side))
+               for side in ("anchor", "cand")}
 
-    def embed_chunk(p, kind, ids, mask):
-        if kind == "cand":
-            n = ids.shape[0]
-            return _embed(p, config, ids.reshape(n * c, lc), mask.reshape(n * c, lc)).reshape(n, c, -1)
-        return _embed(p, config, ids, mask)
+    def embed_chunk(p, side, inputs):
+        return _embed_side(p, config, side, inputs)
 
     # (1) embeddings without activations kept: lax.map runs one chunk at a time and nothing is differentiated.
     frozen = jax.lax.stop_gradient(params)
-    reps = {k: _from_chunks(jax.lax.map(lambda xs, k=k: embed_chunk(frozen, k, *xs), v)) for k, v in chunked.items()}
+    reps = {k: _from_chunks(jax.lax.map(lambda xs, k=k: embed_chunk(frozen, k, xs), v)) for k, v in chunked.items()}
 
     # (2) loss over the whole global batch, gradient with respect to the embeddings.
     def loss_fn(a, cands):
@@ -117,13 +160,13 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
                                                                                           reps["cand"])
 
     # (3) per chunk: forward again, backward with the cached embedding gradient, accumulate.
-    def backward(kind, cotangents):
+    def backward(side, cotangents):
         def body(acc, xs):
-            ids, mask, cot = xs
-            _, vjp = jax.vjp(lambda p: embed_chunk(p, kind, ids, mask), params)
+            inputs, cot = xs
+            _, vjp = jax.vjp(lambda p: embed_chunk(p, side, inputs), params)
             return jax.tree.map(jnp.add, acc, vjp(cot)[0]), None
         zeros = jax.tree.map(jnp.zeros_like, params)
-        acc, _ = jax.lax.scan(body, zeros, (*chunked[kind], _to_chunks(cotangents, num_chunks)))
+        acc, _ = jax.lax.scan(body, zeros, (chunked[side], _to_chunks(cotangents, num_chunks)))
         return acc
 
     grads = jax.tree.map(jnp.add, backward("anchor", g_a), backward("cand", g_c))
@@ -133,18 +176,13 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
 # ------------------------------------------------------------------------------------------------ the step
 def count_tokens(batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Real (non-pad) tokens of the anchors and of the valid candidates."""
-    if "packed_ids" in batch:
-        lengths = batch["packed_segment_lengths"].reshape(-1)
-        tokens = lambda index: jnp.where(index >= 0, jnp.take(lengths, jnp.maximum(index, 0)), 0)  # noqa: E731
-        return tokens(batch["packed_anchor_index"]).sum(), (tokens(batch["packed_cand_index"])
-                                                           * batch["cand_valid"]).sum()
-    cand = batch["cand_mask"].sum(-1) * batch["cand_valid"]
-    return batch["anchor_mask"].sum(), cand.sum()
+    return _as_batch(batch).count_tokens()
 
 
 def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfig,
                loss_config: losses.LossConfig, tx: optax.GradientTransformation, schedule,
                gradcache_chunks: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+    batch = _as_batch(batch)
     if gradcache_chunks and gradcache_chunks > 1:
         loss, metrics, grads = gradcache_loss_and_grads(state.params, config, loss_config, task, batch,
                                                         gradcache_chunks)
@@ -153,13 +191,13 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     consecutive, total = optim.nonfinite_counts(opt_state)
-    anchor_tokens, cand_tokens = count_tokens(batch)
+    anchor_tokens, cand_tokens = batch.count_tokens()
     metrics = dict(metrics)
     metrics.update(
         loss=loss, grad_norm=optax.global_norm(grads), learning_rate=optim.applied_learning_rate(schedule, state.opt_state),
         nonfinite_consecutive=consecutive, nonfinite_total=total,
         tokens=anchor_tokens + cand_tokens, anchor_tokens=anchor_tokens, cand_tokens=cand_tokens,
-        examples=jnp.asarray(batch["cand_valid"].shape[0]))
+        examples=jnp.asarray(batch.size))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -187,20 +225,32 @@ def mesh_context(mesh):
 
 
 def make_step_fn(task: str, *, config: ModelConfig, loss_config, tx, schedule, gradcache_chunks: int,
-                 state_shardings, batch_shardings, metrics_sharding, rules, mesh):
-    """jit-compiled step for one task type, with named in/out shardings and the state donated."""
+                 rules: sharding.ShardingRules, state_shardings):
+    """jit-compiled step for one task type, with named in/out shardings (all from `rules`) and the state donated.
+
+    The batch's in-shardings come from its fields' logical axes (batch.FIELDS through `rules`); one jitted
+    function per set of present fields (optional fields change the pytree). `run.jitted_for(batch)` gives the
+    jitted function for a (possibly abstract) batch, e.g. to `.lower(state, batch).compile()` ahead of time.
+    """
     step = functools.partial(train_step, task=task, config=config, loss_config=loss_config, tx=tx,
                              schedule=schedule, gradcache_chunks=gradcache_chunks)
 
     def with_rules(state, batch):
-        with flax.linen.logical_axis_rules(rules):
+        with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
             return step(state, batch)
 
-    jitted = jax.jit(with_rules, in_shardings=(state_shardings, batch_shardings),
-                     out_shardings=(state_shardings, metrics_sharding), donate_argnums=0)
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def jitted_for(batch: Batch):
+        key = tuple(batch.present())
+        if key not in cache:
+            cache[key] = jax.jit(with_rules, in_shardings=(state_shardings, batch_lib.shardings(rules, batch)),
+                                 out_shardings=(state_shardings, rules.replicated()), donate_argnums=0)
+        return cache[key]
 
     def run(state, batch):
-        with mesh_context(mesh):
-            return jitted(state, batch)
-    run.jitted = jitted
+        batch = _as_batch(batch)
+        with mesh_context(rules.mesh):
+            return jitted_for(batch)(state, batch)
+    run.jitted_for = jitted_for
     return run

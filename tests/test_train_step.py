@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qzhou_jax import losses, sharding
+from qzhou_jax import batch as batch_lib, losses, sharding
+from qzhou_jax.batch import Batch
 from qzhou_jax import model as qmodel
-from qzhou_jax.train_step import (gradcache_loss_and_grads, make_step_fn, mesh_context, plain_loss_and_grads,
-                                  create_state, TrainState)
+from qzhou_jax.train_step import (abstract_state, create_state, gradcache_balance, gradcache_loss_and_grads,
+                                  make_step_fn, mesh_context, plain_loss_and_grads)
 
 CFG = qmodel.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_position_embeddings=64)
@@ -46,19 +47,20 @@ PARAMS = qmodel.init_params(CFG, jax.random.key(0))
 
 def _sharded_loss_and_grads(mesh_shape, task, batch):
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
+    rules = sharding.ShardingRules.create(mesh, CFG)
     abstract, logical = qmodel.abstract_params(CFG)
-    p_shardings = sharding.param_shardings(abstract, logical, mesh)
+    p_shardings = rules.tree_shardings(logical)
     params = jax.device_put(PARAMS, p_shardings)
-    b_sh = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
-    rules = sharding.activation_rules(mesh, CFG)
+    typed = Batch.from_host(batch)
+    b_sh = batch_lib.shardings(rules, typed)
 
     def fn(p, b):
-        with flax.linen.logical_axis_rules(rules):
+        with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
             loss, _, grads = plain_loss_and_grads(p, CFG, LOSS, task, b)
         return loss, grads
     with mesh_context(mesh):
         loss, grads = jax.jit(fn, in_shardings=(p_shardings, b_sh),
-                              out_shardings=(sharding.replicated(mesh), p_shardings))(params, jax.device_put(batch, b_sh))
+                              out_shardings=(rules.replicated(), p_shardings))(params, jax.device_put(typed, b_sh))
     return loss, grads, params
 
 
@@ -131,20 +133,18 @@ def test_train_step_updates_and_skips_nonfinite():
                            eps=1e-8, weight_decay=0.01, grad_clip=1.0, grad_accum_steps=1))
     tx, schedule = optim.make_optimizer(ocfg, 10)
     mesh = sharding.make_mesh((-1, 1, 1))
-    abstract, logical = qmodel.abstract_params(CFG)
-    p_sh = sharding.param_shardings(abstract, logical, mesh)
-    opt_sh = sharding.opt_state_shardings(jax.eval_shape(tx.init, abstract), p_sh, mesh)
-    st_sh = TrainState(step=sharding.replicated(mesh), params=p_sh, opt_state=opt_sh)
+    rules = sharding.ShardingRules.create(mesh, CFG)
+    _, st_sh = abstract_state(CFG, tx, rules)
+    p_sh = st_sh.params
     batch = make_batch("retrieval")
-    b_sh = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+    b_sh = batch_lib.shardings(rules, Batch.from_host(batch))
     step = make_step_fn("retrieval", config=CFG, loss_config=LOSS, tx=tx, schedule=schedule, gradcache_chunks=0,
-                        state_shardings=st_sh, batch_shardings=b_sh, metrics_sharding=sharding.replicated(mesh),
-                        rules=sharding.activation_rules(mesh, CFG), mesh=mesh)
+                        rules=rules, state_shardings=st_sh)
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(jax.device_put(PARAMS, p_sh))
     before = np.asarray(state.params["embedding"])
-    state, metrics = step(state, jax.device_put(batch, b_sh))  # warm-up starts at lr 0
+    state, metrics = step(state, jax.device_put(Batch.from_host(batch), b_sh))  # warm-up starts at lr 0
     assert float(metrics["learning_rate"]) == 0.0
-    state, metrics = step(state, jax.device_put(batch, b_sh))
+    state, metrics = step(state, jax.device_put(Batch.from_host(batch), b_sh))
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
     assert not np.allclose(np.asarray(state.params["embedding"]), before)
     assert int(metrics["tokens"]) == int(batch["anchor_mask"].sum() + (batch["cand_mask"].sum(-1) *
@@ -155,7 +155,15 @@ def test_train_step_updates_and_skips_nonfinite():
     nan_params = dict(state.params)
     nan_params["norm"] = {"scale": jax.device_put(state.params["norm"]["scale"] * jnp.nan,
                                                   state.params["norm"]["scale"].sharding)}
-    state, metrics = step(state.replace(params=nan_params), jax.device_put(batch, b_sh))
+    state, metrics = step(state.replace(params=nan_params), jax.device_put(Batch.from_host(batch), b_sh))
     assert int(metrics["nonfinite_consecutive"]) == 1 and int(metrics["nonfinite_total"]) == 1
     assert not np.isfinite(float(metrics["loss"]))
     np.testing.assert_array_equal(np.asarray(state.params["embedding"]), kept)
+
+
+def test_gradcache_balance_names_uneven_chunks():
+    assert gradcache_balance(256, 4, 64) is None  # 64 rows per chunk over 64 devices
+    message = gradcache_balance(256, 8, 64)  # 32 rows per chunk over 64 devices: half of them idle
+    assert "32 rows" in message and "64 batch devices" in message and "e.g. 2, 4" in message
+    assert "not divisible" in gradcache_balance(100, 8, 1)
+    assert gradcache_balance(100, 0, 8) is None

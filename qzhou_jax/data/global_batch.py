@@ -11,22 +11,30 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-# (ids, mask) pairs padded on their last axis.
-_PADDED = (("anchor_ids", "anchor_mask"), ("cand_ids", "cand_mask"))
+
+def _length_groups(batch: Mapping[str, np.ndarray]) -> list[list[str]]:
+    """Per side, the present fields padded on a trailing `length` axis (qzhou_jax/batch.py FIELDS)."""
+    from qzhou_jax.batch import FIELDS
+
+    groups: dict[str, list[str]] = {}
+    for name, field in FIELDS.items():
+        if field.axes[-1] == "length" and name in batch:
+            groups.setdefault(field.side, []).append(name)
+    return list(groups.values())
 
 
 def agree_on_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Right-pads every host's token arrays to the longest length any host has (one small all-gather)."""
     batch = dict(batch)
-    pairs = [p for p in _PADDED if p[0] in batch]
-    if jax.process_count() == 1 or not pairs:
+    groups = _length_groups(batch)
+    if jax.process_count() == 1 or not groups:
         return batch
     from jax.experimental import multihost_utils
 
-    lengths = np.array([batch[ids].shape[-1] for ids, _ in pairs])
+    lengths = np.array([batch[group[0]].shape[-1] for group in groups])
     longest = multihost_utils.process_allgather(lengths).max(0)
-    for (ids, mask), length in zip(pairs, longest):
-        for key in (ids, mask):
+    for group, length in zip(groups, longest):
+        for key in group:
             x = batch[key]
             batch[key] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, int(length) - x.shape[-1])])
     return batch

@@ -32,3 +32,15 @@ def test_shared_flags_parse_with_their_defaults():
                                              "intermediate": 2048, "vocab": 151665, "dtype": "bfloat16"}
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "float16"])
+
+
+def test_ratios_are_withheld_when_the_cores_are_oversubscribed():
+    rows = [("speed", "speed", "{:.1f}")]
+    jax_row, torch_row = {"speed": 30.0}, {"speed": 12.0}
+    quiet, loaded = common.machine_load(0.3, 2.1, cores=2), common.machine_load(0.3, 7.5, cores=2)
+    assert not quiet["oversubscribed"] and loaded["oversubscribed"]
+    assert common.ratios(jax_row, torch_row, ["speed"], quiet) == {"speed": 2.5}
+    assert common.ratios(jax_row, torch_row, ["speed"], loaded) is None
+    line = common.side_by_side_table(rows, jax_row, torch_row, oversubscribed=True).splitlines()[1]
+    assert line.split() == ["speed", "30.0", "12.0", "loaded"]
+    assert "OVERSUBSCRIBED" in common.load_note(loaded) and "OVERSUBSCRIBED" not in common.load_note(quiet)

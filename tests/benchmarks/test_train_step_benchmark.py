@@ -13,7 +13,7 @@ from qzhou_jax.tokenizer import load_tokenizer
 
 TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
        "--batch", "4", "--negatives", "1", "--query-len", "16", "--passage-len", "24", "--steps", "2",
-       "--matmul-size", "128", "--matmul-repeats", "2", "--threads", "1"]
+       "--matmul-size", "128", "--matmul-repeats", "2", "--threads", "1", "--profile"]
 QUERIES = ["Aspirin lowers the risk of heart attacks.", "Vitamin D deficiency causes rickets in children.",
            "Exercise improves memory in older adults with mild impairment.", "Coffee prevents liver disease.",
            "Sleep loss impairs glucose tolerance."]
@@ -45,6 +45,12 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
     assert "JAX/PyTorch" in out and "MFU" in out
+    assert summary["matmul_peak"]["by"].startswith("jax")  # the MFU denominator: JAX's own matmul, same run
+    assert (summary["ratio_jax_over_torch"] is None) == summary["oversubscribed"]
+    breakdown = summary["jax"]["breakdown"]  # --profile: the step's pieces timed alone
+    assert min(breakdown[k] for k in ("forward_s", "loss_and_grads_s", "optimizer_update_s",
+                                      "embedding_dense_grad_s")) > 0
+    assert breakdown["embedding_mb"] == pytest.approx(151665 * 32 * 4 / 2**20)
     assert summary["data"]["source"].startswith("scifact")
     # Same weights, same batch, same optimizer: the two independent steps agree on every step's loss and gradient
     # norm (after step 1 this also checks that the AdamW updates agree).

@@ -34,3 +34,12 @@ def test_to_global_per_key_sharding_and_text_refused():
     assert out["b"].sharding.is_fully_replicated
     with pytest.raises(TypeError, match="batch\\['anchor'\\] is list"):
         to_global({"anchor": ["text"]}, shardings["a"])
+
+
+def test_length_groups_come_from_the_batch_table():
+    from qzhou_jax.data.global_batch import _length_groups
+
+    names = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "dataset_id")
+    batch = {k: np.zeros(1) for k in names}
+    assert _length_groups(batch) == [["anchor_ids", "anchor_mask"], ["cand_ids", "cand_mask"]]
+    assert _length_groups({"score": np.zeros(1)}) == []

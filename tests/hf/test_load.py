@@ -96,3 +96,38 @@ def test_loads_straight_into_mesh_shardings(ckpt):
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
     assert len({str(s.index) for s in q.addressable_shards}) == 8
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, reference)
+
+
+_RSS_CHILD = r"""
+import json, os, sys
+import jax
+from qzhou_jax.hf.load import load_params
+from qzhou_jax.model import ModelConfig
+
+def status():
+    with open("/proc/self/status") as f:
+        return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if l.startswith(("VmRSS", "VmHWM"))}
+
+jax.numpy.zeros(1).block_until_ready()  # backend up before the baseline
+config = ModelConfig.from_hf(sys.argv[1])
+before = status()
+params = jax.block_until_ready(load_params(sys.argv[1], config))
+after = status()
+print(json.dumps(dict(weights=sum(x.nbytes for x in jax.tree.leaves(params)), growth=after["VmRSS"] - before["VmRSS"],
+                      peak_growth=after["VmHWM"] - before["VmRSS"])))
+"""
+
+
+def test_resident_memory_after_loading_is_about_the_weights(tmp_path):
+    """In a fresh process: the RSS growth of load_params is the weights' size (no mapped pages, no second copy)."""
+    import subprocess
+    import sys
+
+    oracle.make_hf_model(tmp_path, "gqa", vocab_size=400_000)  # ~100 MB, dominated by one tensor (the embedding)
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(tmp_path)], capture_output=True, text=True, env=env,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["weights"] > 90e6
+    assert figures["growth"] < 1.15 * figures["weights"], figures    # was 2x: a mapped copy + device_put copy
+    assert figures["peak_growth"] < 2.3 * figures["weights"], figures  # one transient of the largest tensor
