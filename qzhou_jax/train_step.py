@@ -76,6 +76,7 @@ def _embed_side(params, config: ModelConfig, side: str, inputs: dict[str, jax.Ar
 
 def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Anchors [B, E] and candidates [B, C, E], L2-normalised float32."""
+    batch = _as_batch(batch)
     if batch.packed:
         return embed_packed_batch(params, config, batch)
     return (_embed_side(params, config, "anchor", batch.side_inputs("anchor")),
@@ -83,6 +84,7 @@ def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, j
 
 
 def _loss_from_embeddings(a, c, batch: Batch, task: str, loss_config: losses.LossConfig):
+    batch = _as_batch(batch)
     return losses.task_loss(task, a, c, batch.cand_valid, score=batch.score, labels=batch.labels,
                             config=loss_config, anchor_hash=batch.anchor_hash, cand_hash=batch.cand_hash)
 

@@ -127,8 +127,8 @@ def test_host_batch_is_checked_against_the_table():
     batch = batch_lib.Batch.from_host(good)
     assert batch.score is None and batch.size == 2 and len(jax.tree.leaves(batch)) == 5
     assert [int(x) for x in batch.count_tokens()] == [6, 6]
-    with pytest.raises(KeyError, match="unknown field.*'anchor_hash'.*FIELDS"):
-        batch_lib.Batch.from_host({**good, "anchor_hash": np.zeros(2, np.uint32)})
+    with pytest.raises(KeyError, match="unknown field.*'anchor_lang'.*FIELDS"):
+        batch_lib.Batch.from_host({**good, "anchor_lang": np.zeros(2, np.uint32)})
     with pytest.raises(KeyError, match="required field 'cand_valid'"):
         batch_lib.Batch.from_host({k: v for k, v in good.items() if k != "cand_valid"})
     with pytest.raises(ValueError, match="'cand_ids' must have rank 3"):
@@ -138,16 +138,16 @@ def test_host_batch_is_checked_against_the_table():
 
 
 def test_adding_a_field_is_one_row(monkeypatch):
-    fields = dict(batch_lib.FIELDS, anchor_hash=batch_lib.Field("uint32", ("batch",), required=False))
+    fields = dict(batch_lib.FIELDS, anchor_lang=batch_lib.Field("uint32", ("batch",), required=False))
     monkeypatch.setattr(batch_lib, "FIELDS", fields)
     cls = batch_lib._make_batch_class()
     host = {"anchor_ids": np.zeros((8, 3), np.int32), "anchor_mask": np.ones((8, 3), np.int32),
             "cand_ids": np.zeros((8, 1, 3), np.int32), "cand_mask": np.ones((8, 1, 3), np.int32),
-            "cand_valid": np.ones((8, 1), bool), "anchor_hash": np.arange(8, dtype=np.uint32)}
+            "cand_valid": np.ones((8, 1), bool), "anchor_lang": np.arange(8, dtype=np.uint32)}
     batch = cls.from_host(host)
     monkeypatch.setattr(batch_lib, "Batch", cls)
     shardings = batch_lib.shardings(_rules((1, 8, 1)), batch)
-    assert shardings.anchor_hash.spec == P(("data", "fsdp"))
+    assert shardings.anchor_lang.spec == P(("data", "fsdp"))
 
 
 def test_make_mesh_lays_out_devices_with_mesh_utils(monkeypatch, caplog):
