@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from qzhou_jax import batch as batch_lib, checkpoint, config_check, hardware, losses, loop_guards, optim, sharding
+from qzhou_jax import atomic, batch as batch_lib, checkpoint, config_check, hardware, losses, loop_guards, optim, sharding
 from qzhou_jax import model as qmodel
 from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; train.load_config stays valid
 from qzhou_jax.config_base import REQUIRED
@@ -271,7 +271,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
         summary = {"step": step, "losses": last_losses, "workdir": workdir}
         summary.update(_finish(cfg, workdir, state, model_config, tokenizer))
         if jax.process_index() == 0:
-            _write_json_atomic(os.path.join(workdir, DONE), summary)
+            atomic.write_json(os.path.join(workdir, DONE), summary)
         return summary
     finally:
         stop.restore()
@@ -284,14 +284,6 @@ def _wait(manager) -> None:
     except Exception as e:  # noqa: BLE001
         raise checkpoint.save_error(manager, None, e) from e
     checkpoint.check_background_save(manager)
-
-
-def _write_json_atomic(path: str, value: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[str, float]:

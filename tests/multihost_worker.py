@@ -36,6 +36,8 @@ def fingerprint(host_batch, keys) -> str:
 
     digest = hashlib.sha1()
     for key in keys:
+        if host_batch.get(key) is None:  # optional fields (batch.FIELDS) a batch does not carry
+            continue
         value = np.ascontiguousarray(host_batch[key])
         digest.update(f"{key}{value.shape}{value.dtype}".encode())
         digest.update(value.tobytes())

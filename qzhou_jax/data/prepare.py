@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from qzhou_jax import atomic
+
 from qzhou_jax.data import hub, prepared
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL
@@ -45,20 +47,10 @@ PLAN = "plan.json"
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_json(path, value)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = atomic.fsync_dir
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:

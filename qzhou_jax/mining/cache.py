@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,8 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+
+from qzhou_jax import atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,27 +139,13 @@ def _complete(cached: CachedEmbeddings, i: int) -> bool:
 
 
 def _write_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic.atomic_open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array, np.float32))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path))
 
 
 def _write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_json(path, value)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = atomic.fsync_dir

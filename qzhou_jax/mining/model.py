@@ -26,16 +26,14 @@ def _local_shardings(config: ModelConfig):
 
 def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32, dtype: str = "float32") -> Encoder:
     if checkpoint.is_workdir(model_dir):
-        from qzhou_jax.export import _prompt  # the prompt a run records in its checkpoint meta
+        from qzhou_jax import run_meta  # the prompt and tokenizer a run records in its checkpoint meta
 
         config = _workdir_model_config(model_dir)
         params, _, meta = checkpoint.restore_params(model_dir, shardings=_local_shardings(config))
-        run_model = (meta.get("config") or {}).get("model") or {}
-        tokenizer = load_tokenizer(meta.get("tokenizer") or run_model.get("tokenizer") or run_model.get("hf_dir")
-                                   or None)
+        tokenizer = load_tokenizer(run_meta.tokenizer_from_meta(meta))
         config = config.replace(dtype=dtype)  # compute dtype; the params keep the checkpoint's
         return Encoder(params, config, tokenizer, max_length=max_length, batch_size=batch_size,
-                       prompt=_prompt(meta.get("prompt")))
+                       prompt=run_meta.prompt_from_meta(meta))
     from qzhou_jax.encode import _prompt_from_dir
     from qzhou_jax.hf.load import load_params
 

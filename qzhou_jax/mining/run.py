@@ -10,13 +10,13 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
+from qzhou_jax import atomic
 from qzhou_jax.mining import cache as mcache
 from qzhou_jax.mining.corpus import build_corpus, read_corpus_file, read_rows
 from qzhou_jax.mining.model import load_encoder, model_fingerprint
@@ -125,11 +125,6 @@ def mine(cfg: MineConfig, encoder=None) -> dict:
 
 def write_jsonl(path: str, rows) -> None:
     """All rows or nothing: a temporary file, fsynced, renamed over `path`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

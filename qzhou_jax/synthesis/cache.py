@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from qzhou_jax import atomic
 from qzhou_jax.synthesis.client import Completion
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,4 @@ class Journal:
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """tmp + fsync + os.replace: the file is either the old one or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
