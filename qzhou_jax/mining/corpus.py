@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Sequence
 
-from qzhou_jax.data.errors import DataError
 from qzhou_jax.data.formats import get_optional_text, get_text, get_text_list
-from qzhou_jax.data.sources import beir_text, open_text
+from qzhou_jax.data.sources import beir_text, read_jsonl
 
 _SPACE = re.compile(r"\s+")
 
@@ -42,21 +40,12 @@ class MineRow:
 def read_rows(path: str) -> list[MineRow]:
     """FlagEmbedding rows {"query", "pos": [...], "neg"?: [...], "prompt"?}; errors name path:line and field."""
     rows = []
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(where, f"malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
-            rows.append(MineRow(where, record, get_text(record, "query", where),
-                                get_text_list(record, "pos", where, required=True),
-                                get_text_list(record, "neg", where, required=False),
-                                get_optional_text(record, "prompt", where)))
+    for row in read_jsonl(path):  # the data pipeline's reader: malformed JSON / non-UTF-8 name path:line
+        record, where = dict(row.fields), row.where
+        rows.append(MineRow(where, record, get_text(record, "query", where),
+                            get_text_list(record, "pos", where, required=True),
+                            get_text_list(record, "neg", where, required=False),
+                            get_optional_text(record, "prompt", where)))
     if not rows:
         raise ValueError(f"{path}: no rows (expected FlagEmbedding JSONL: query, pos, neg)")
     return rows
@@ -65,18 +54,9 @@ def read_rows(path: str) -> list[MineRow]:
 def read_corpus_file(path: str) -> list[str]:
     """JSONL of {"text"} or BEIR corpus.jsonl ({"_id", "title", "text"}: "title text")."""
     texts = []
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(where, f"malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
-            texts.append(beir_text(record, where) if "title" in record else get_text(record, "text", where))
+    for row in read_jsonl(path):
+        record, where = row.fields, row.where
+        texts.append(beir_text(record, where) if "title" in record else get_text(record, "text", where))
     if not texts:
         raise ValueError(f"{path}: the corpus file has no passages")
     return texts
