@@ -10,15 +10,12 @@ sets as a template: list your own retrieval corpora (FlagEmbedding JSONL, Parque
 from qzhou_jax.config_base import base
 from qzhou_jax.data import paper_mix, presets
 
-PAPER_DIR = "prepared/paper_mix"  # `prepare --config configs/paper_mix.py --out` folder for the ":paper" variant
-
 
 def get_config(arg: str = ""):
     """arg "" (default): the shared public data, offline; "paper" or "paper:DIR": the paper's mix (configs/
     paper_mix.py) prepared into DIR [prepared/paper_mix]."""
-    kind, _, root = arg.partition(":")
-    if kind not in ("", "paper"):
-        raise ValueError(f"stage1.py: unknown variant {arg!r}; use '' (shared data) or 'paper[:DIR]'")
+    retrieval = paper_mix.stage_retrieval(
+        arg, "stage1.py", lambda: presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
     c = base()
     c.model.hf_dir = ""              # set to a local Qwen2.5-7B-Instruct directory
     c.model.preset = "qwen2.5-7b"    # only used when hf_dir is empty (random init: smoke tests)
@@ -38,8 +35,7 @@ def get_config(arg: str = ""):
     c.eval.max_examples = 500
     # Add your own corpora, e.g. dict(name="msmarco", source="jsonl:/data/msmarco_hn.jsonl.gz",
     # task="retrieval", instruction="Given a web search query, retrieve relevant passages ...", num_negatives=4)
-    c.data.datasets = (paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
-                       presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
+    c.data.datasets = retrieval
     c.data.alpha = 0.5
     c.data.batch_size = dict(retrieval=256, pair_score=768, classification=256)
     c.data.buckets = (64, 128, 256, 512, 1024, 1536)

@@ -11,15 +11,12 @@ tau 0.02, eta = 0.72. `init_from` takes a stage-1 workdir (params only, no optim
 from qzhou_jax.config_base import REQUIRED, base
 from qzhou_jax.data import paper_mix, presets
 
-PAPER_DIR = "prepared/paper_mix"  # `prepare --config configs/paper_mix.py --out` folder for the ":paper" variant
-
 
 def get_config(arg: str = ""):
     """arg "" (default): the shared public data, offline; "paper" or "paper:DIR": the paper's mix (configs/
     paper_mix.py) prepared into DIR [prepared/paper_mix]."""
-    kind, _, root = arg.partition(":")
-    if kind not in ("", "paper"):
-        raise ValueError(f"stage2.py: unknown variant {arg!r}; use '' (shared data) or 'paper[:DIR]'")
+    retrieval = paper_mix.stage_retrieval(
+        arg, "stage2.py", lambda: presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
     c = base()
     c.model.hf_dir = ""              # the base model dir: architecture config and tokenizer
     c.model.preset = "qwen2.5-7b"
@@ -43,8 +40,7 @@ def get_config(arg: str = ""):
     c.eval.max_examples = 500
     # ":paper": the paper's retrieval mix; pair-score and classification stay the shared sets (the report
     # does not name its NLI/STS/classification sources)
-    c.data.datasets = ((paper_mix.prepared_datasets(root or PAPER_DIR) if kind == "paper" else
-                        presets.retrieval(max_len_query=256, max_len_passage=1536, num_negatives=4))
+    c.data.datasets = (retrieval
                        + presets.pair_score(max_len=256)
                        + presets.classification(max_len=256, num_negatives=4))
     c.data.alpha = 0.5

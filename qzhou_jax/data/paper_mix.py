@@ -68,6 +68,18 @@ def hub_datasets(max_len_query: int = 256, max_len_passage: int = 1536, num_nega
     return out
 
 
+DEFAULT_PREPARED_DIR = "prepared/paper_mix"  # `prepare --config configs/paper_mix.py --out` folder
+
+
+def stage_retrieval(arg: str, config_name: str, shared_default):
+    """A stage config's retrieval datasets from its argument: "" -> `shared_default()` (the shared public data,
+    offline); "paper" or "paper:DIR" -> the paper's mix prepared into DIR [prepared/paper_mix]."""
+    kind, _, root = arg.partition(":")
+    if kind not in ("", "paper"):
+        raise ValueError(f"{config_name}: unknown variant {arg!r}; use '' (shared data) or 'paper[:DIR]'")
+    return prepared_datasets(root or DEFAULT_PREPARED_DIR) if kind == "paper" else shared_default()
+
+
 def prepared_datasets(root: str, names=None) -> list[dict]:
     """The same datasets read from `prepare`'s output folder (task, instruction, lengths from the manifests)."""
     return [dict(name=name, source=f"prepared:{root}/{name}") for name in PAPER_MIX
