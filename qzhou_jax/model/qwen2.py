@@ -14,6 +14,9 @@ o_proj [heads, head_dim, embed], gate/up [embed, mlp], down [mlp, embed]; scanne
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -40,6 +43,49 @@ def _constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+def _contract(x, kernel, in_axes: int):
+    """x [..., *in] . kernel [*in, *out] -> [..., *out] (the last `in_axes` axes of x against the first of kernel)."""
+    return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - in_axes, x.ndim)), tuple(range(in_axes))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x, kernel, in_axes: int):
+    """`_contract` with a hand-written backward pass; the same math as autodiff's, laid out differently.
+
+    JAX's transpose rule for dot_general computes every kernel gradient as dot(dy, x) in [*out, *in] order and
+    then transposes it. On XLA:CPU that makes layout assignment store the incoming gradient (for the MLP: the
+    SwiGLU backward, [tokens, mlp]) transposed, in strided loop fusions that took ~20% of the whole train step
+    (benchmarks/train_step.py --profile; docs/throughput.md). Here the order is picked per projection so that
+    only the narrower operand is transposed. Remat policies still see the forward dot (jax saves
+    custom_vjp outputs under `checkpoint_dots` like plain dots); tests/model/test_qwen2.py checks gradients.
+    """
+    return _contract(x, kernel, in_axes)
+
+
+def _project_fwd(x, kernel, in_axes):
+    return _contract(x, kernel, in_axes), (x, kernel)
+
+
+def _project_bwd(in_axes, residuals, dy):
+    x, kernel = residuals
+    batch_axes = tuple(range(x.ndim - in_axes))
+    out_axes = kernel.ndim - in_axes
+    dx = jax.lax.dot_general(dy, kernel, ((tuple(range(dy.ndim - out_axes, dy.ndim)),
+                                           tuple(range(in_axes, kernel.ndim))), ((), ())))
+    # XLA:CPU materialises the transpose of the dot's left operand ([tokens, features] -> [features, tokens]);
+    # make that the narrower of x and dy (down_proj: dy [tokens, embed], not x [tokens, mlp]) and transpose the
+    # small [*out, *in] result instead.
+    if math.prod(x.shape[x.ndim - in_axes:]) > math.prod(kernel.shape[in_axes:]):
+        dkernel_t = jax.lax.dot_general(dy, x, ((batch_axes, batch_axes), ((), ())))  # [*out, *in]
+        dkernel = jnp.transpose(dkernel_t, tuple(range(out_axes, kernel.ndim)) + tuple(range(out_axes)))
+    else:
+        dkernel = jax.lax.dot_general(x, dy, ((batch_axes, batch_axes), ((), ())))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class Projection(nn.Module):
     """A linear map with its kernel stored in its natural multi-axis shape (e.g. [embed, heads, head_dim]).
 
@@ -58,9 +104,7 @@ class Projection(nn.Module):
         in_shape = x.shape[x.ndim - self.in_axes:]
         kernel = self.param("kernel", _init(cfg, self.names), in_shape + self.features, _dtype(cfg.param_dtype))
         dtype = _dtype(cfg.dtype)
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                (((tuple(range(x.ndim - self.in_axes, x.ndim))), tuple(range(self.in_axes))),
-                                 ((), ())))
+        y = project(x.astype(dtype), kernel.astype(dtype), self.in_axes)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_axes:]),
                               self.features, _dtype(cfg.param_dtype))
