@@ -163,7 +163,9 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
                 f"ETA {elapsed / (k + 1) * (len(names) - k - 1):.0f}s")
     manifest: dict[str, Any] = {
         "format_version": prepared.FORMAT_VERSION, "name": spec.name, "num_samples": len(records),
-        "task": spec.task, "shards": names, "samples_sha256": fingerprint,
+        "task": spec.task, "shards": names,
+        "shard_records": [len(records[k * records_per_shard:(k + 1) * records_per_shard]) for k in range(len(names))],
+        "samples_sha256": fingerprint,
         "spec": {k: v for k, v in dataclasses.asdict(spec).items()},
         "skipped": dict(counter.counts.get(spec.name, {})), "skipped_examples": counter.examples.get(spec.name, []),
         "sources": source_fingerprints(spec), "lengths": length_statistics(spec.task, samples),

@@ -64,8 +64,17 @@ class PreparedSamples(Sequence):
         for path in self._paths:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: shard listed in {self.folder / MANIFEST} is missing")
-        self._source = grain.sources.ArrayRecordDataSource(self._paths)
         self._len = int(self.manifest["num_samples"])
+        counts = self.manifest.get("shard_records")  # absent in manifests written before it was recorded
+        if counts is not None:
+            if len(counts) != len(self._paths) or sum(counts) != self._len:
+                raise DataError(str(self.folder / MANIFEST), f"shard_records {counts} do not match the "
+                                                             f"{len(self._paths)} shards of {self._len} samples")
+            # "path[0:n]" read instructions: the source then opens no file until a record of it is read (given
+            # bare paths it opens every shard once just to count its records, which made start-up grow with the
+            # number of shards).
+            self._paths = [f"{path}[0:{n}]" for path, n in zip(self._paths, counts)]
+        self._source = grain.sources.ArrayRecordDataSource(self._paths)
         if len(self._source) != self._len:
             raise DataError(str(self.folder), f"shards hold {len(self._source)} records, the manifest says {self._len}")
         self._labels = None

@@ -206,3 +206,26 @@ def test_parallel_workers_and_host_shards_give_the_serial_result(tmp_path, write
         assert other["samples_sha256"] == m["samples_sha256"] and other["shards"] == m["shards"]
         for shard in m["shards"]:
             assert (tmp_path / "parallel" / name / shard).read_bytes() == (tmp_path / "serial" / name / shard).read_bytes()
+
+
+def test_opening_a_prepared_dataset_opens_no_shard_until_its_records_are_read(tmp_path, write_jsonl, monkeypatch):
+    from array_record.python import array_record_data_source as ards
+
+    write_inputs(tmp_path, write_jsonl)
+    manifests = prepare(in_memory_config(tmp_path), tmp_path / "out", records_per_shard=16, log=lambda _: None)
+    n = manifests["ret"]["num_samples"]
+    assert manifests["ret"]["shard_records"] == [16] * (n // 16) + [n % 16] * (n % 16 > 0) and n > 32
+    opened = []
+    real = ards.array_record_module.ArrayRecordReader
+    monkeypatch.setattr(ards.array_record_module, "ArrayRecordReader",
+                        lambda path, *a, **k: opened.append(os.path.basename(path)) or real(path, *a, **k))
+    samples = prepared.PreparedSamples(tmp_path / "out" / "ret")
+    assert len(samples) == n and opened == []  # counts come from the manifest
+    assert samples[20] == prepared.PreparedSamples(tmp_path / "out" / "ret")[20]
+    assert len(opened) == 2 and all(name.startswith("data-00001-of-") for name in opened)  # record 20's shard only
+
+    manifest = json.loads((tmp_path / "out" / "ret" / "manifest.json").read_text())
+    manifest["shard_records"][-1] += 1
+    (tmp_path / "out" / "ret" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="shard_records"):
+        prepared.PreparedSamples(tmp_path / "out" / "ret")
