@@ -3,6 +3,9 @@
 key that does not exist is an error naming it."""
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+
 
 def load_config(path: str, overrides: list[str] = ()):
     from absl import flags
@@ -14,3 +17,12 @@ def load_config(path: str, overrides: list[str] = ()):
                                     sys_argv=argv)
     values(argv)
     return values.config
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+    """For argparse commands: (args, the `--config.a.b=value` overrides) -- any other unknown flag is an error."""
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args, rest

@@ -4,35 +4,21 @@ skipped-row counts.
     python -m qzhou_jax.data.inspect --config configs/data_example.py [--batches 3] [--hist-batches 50]
         [--tokenizer DIR] [--process-count N]
 
-`--config` names an ml_collections config file with get_config(); "file.py:arg" passes arg to get_config.
+`--config` names an ml_collections config file with get_config(); "file.py:arg" passes arg to get_config, and
+`--config.a.b=value` overrides apply as in training (qzhou_jax.config.load_config).
 Its `data` field is read (see spec.py); a config that is itself the data block also works.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from qzhou_jax.config import load_config, parse_with_overrides
 from qzhou_jax.data.pipeline import build_pipeline, load_datasets, mixture_info
 from qzhou_jax.data.spec import DataConfig
-
-
-def load_config(arg: str):
-    """get_config() of a Python config file ("path.py" or "path.py:arg")."""
-    path, _, config_arg = arg.partition(".py:")
-    path = path if path.endswith(".py") else path + ".py"
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"{path}: defines no get_config()")
-    return module.get_config(config_arg) if config_arg else module.get_config()
 
 
 def data_block(config):
@@ -97,9 +83,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hist-batches", type=int, default=50, help="batches for the length histograms")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: built-in Qwen2.5)")
     parser.add_argument("--process-count", type=int, default=1, help="hosts to divide the global batch by")
-    args = parser.parse_args(argv)
+    args, overrides = parse_with_overrides(parser, argv)
 
-    data = DataConfig.from_config(data_block(load_config(args.config)))
+    data = DataConfig.from_config(data_block(load_config(args.config, overrides)))
     datasets, counter = load_datasets(data)
     info = mixture_info(data, datasets, counter, args.process_count)
     print("== mixture (alpha={}, eta={})".format(data.alpha, data.eta))

@@ -1,6 +1,7 @@
 import textwrap
 
 import numpy as np
+import pytest
 
 from qzhou_jax.data import inspect as data_inspect
 
@@ -37,6 +38,15 @@ def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, 
     assert "step 0: dataset" in out and "step 1: dataset" in out and "anchor: 'Instruct: " in out
     assert "== token lengths over 6 batches" in out and "anchor: n=" in out
     assert "== dataset share" in out
+
+    # --config.* overrides work as in training (the one loader); anything else is refused.
+    rc = data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--config.data.alpha=1.0", "--batches", "1",
+                            "--hist-batches", "1", "--tokenizer", str(tmp_path / "tok")])
+    assert rc == 0 and "== mixture (alpha=1.0, eta=None)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--bogus=1"])
+    with pytest.raises(Exception, match="no_such_key"):
+        data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--config.data.no_such_key=1"])
 
 
 def test_example_config_parses():
