@@ -1,5 +1,14 @@
-"""Test setup: a fake 8-device CPU mesh and fp32-exact matmuls, set before JAX is imported anywhere."""
+"""Test setup: a fake 8-device CPU mesh and fp32-exact matmuls, set before JAX is imported anywhere.
+
+One persistent XLA compilation cache per test session, inherited by the trainer subprocesses the fault-tolerance
+tests start: a killed run, its resume and the uninterrupted reference compile the same step, and compiling it once
+instead of three times is most of those tests' time. Executables come from the cache unchanged, so bit-exact
+comparisons between runs keep their meaning. QZ_TEST_COMPILE_CACHE=0 turns it off.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ["XLA_FLAGS"] = (
@@ -11,6 +20,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("QZ_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="qzhou-jax-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 
 import jax  # noqa: E402
 
