@@ -174,7 +174,8 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
     check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
-                                                 process_count=jax.process_count())
+                                                 process_count=jax.process_count(),
+                                                 row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)))
     log.info("data mixture:\n%s", info.table())
     if report := info.skipped.report():
         print(f"skipped rows (per dataset and reason):\n{report}", flush=True)

@@ -139,8 +139,7 @@ def _even_chunks(batch_size: int, batch_devices: int) -> str:
 def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks: int):
     batch = _as_batch(batch)
     if batch.packed:
-        raise ValueError("data.packing does not support GradCache yet (train.gradcache_chunks > 1): packed rows mix "
-                         "texts of different examples, so they can't be chunked by example; turn one of them off")
+        return _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks)
     b = batch.size
     if b % num_chunks:
         raise ValueError(f"batch size {b} is not divisible by gradcache chunks {num_chunks}")
@@ -172,6 +171,52 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
         return acc
 
     grads = jax.tree.map(jnp.add, backward("anchor", g_a), backward("cand", g_c))
+    return loss, metrics, grads
+
+
+def _segment_table(params, config: ModelConfig, ids, segment_ids, num_segments: int) -> jax.Array:
+    """Packed rows [r, T] -> the embedding of every segment slot [r * S, E] (unused slots: 0)."""
+    hidden = qmodel.hidden_states(params, config, ids, segment_ids=segment_ids)
+    slots = jnp.arange(ids.shape[0] * num_segments)
+    return qmodel.embed_segments(hidden, segment_ids, num_segments, slots, config.pooling)
+
+
+def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: Batch, num_chunks: int):
+    """GradCache over packed rows. A packed row mixes texts of different examples, so chunks are groups of rows,
+    not of examples: (1) every chunk's segment embeddings without activations, (2) the loss and its gradient
+    with respect to those embedding tables (anchors and candidates are picked from them by the batch's flat
+    segment indices), (3) per chunk, forward again and backward with its slice of that gradient. Rows are
+    chunked like `_to_chunks` (every K-th row), so the pipeline makes the row count a multiple of K times the
+    batch devices (data/packing.py `row_multiple`)."""
+    rows, num_segments = batch.packed_segment_lengths.shape
+    if rows % num_chunks:
+        raise ValueError(f"{rows} packed rows are not divisible by gradcache chunks {num_chunks} "
+                         f"(the pipeline rounds rows to a multiple of the chunks: pass row_chunks to build_pipeline)")
+    per_chunk = rows // num_chunks
+    ids, seg = _to_chunks(batch.packed_ids, num_chunks), _to_chunks(batch.packed_segment_ids, num_chunks)
+
+    frozen = jax.lax.stop_gradient(params)
+    tables = jax.lax.map(lambda xs: _segment_table(frozen, config, xs[0], xs[1], num_segments), (ids, seg))
+
+    def stacked_slot(index):  # flat row * S + s of the batch -> its slot in the stacked [K, r/K * S] tables
+        row, s = index // num_segments, index % num_segments
+        return (row % num_chunks) * (per_chunk * num_segments) + (row // num_chunks) * num_segments + s
+
+    def loss_fn(tables):
+        flat = tables.reshape(-1, tables.shape[-1])
+
+        def pick(index):
+            picked = jnp.take(flat, jnp.maximum(stacked_slot(index), 0), axis=0)
+            return jnp.where((index >= 0)[..., None], picked, 0.0)  # empty text: 0, as the padded path
+        return _loss_from_embeddings(pick(batch.packed_anchor_index), pick(batch.packed_cand_index), batch, task,
+                                     loss_config)
+    (loss, metrics), g_tables = jax.value_and_grad(loss_fn, has_aux=True)(tables)
+
+    def body(acc, xs):
+        chunk_ids, chunk_seg, cot = xs
+        _, vjp = jax.vjp(lambda p: _segment_table(p, config, chunk_ids, chunk_seg, num_segments), params)
+        return jax.tree.map(jnp.add, acc, vjp(cot)[0]), None
+    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (ids, seg, g_tables))
     return loss, metrics, grads
 
 

@@ -202,9 +202,10 @@ def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = None,
                    process_count: int | None = None, seed: int | None = None,
                    datasets: Sequence[LoadedDataset] | None = None,
-                   counter: SkipCounter | None = None) -> tuple[grain.IterDataset, MixtureInfo]:
+                   counter: SkipCounter | None = None, row_chunks: int = 1) -> tuple[grain.IterDataset, MixtureInfo]:
     """(Grain IterDataset of per-host batches, MixtureInfo). Host defaults come from JAX when not given;
-    `seed` defaults to config.data.seed; pass `datasets` to reuse already loaded samples."""
+    `seed` defaults to config.data.seed; pass `datasets` to reuse already loaded samples. `row_chunks`: with
+    data.packing, packed rows come in a multiple of this (the trainer passes its GradCache chunks)."""
     config = DataConfig.from_config(data_config)
     if process_index is None or process_count is None:
         import jax  # only for the defaults: the data code itself runs without JAX
@@ -225,7 +226,7 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             label_ids=info.label_vocabularies[i])
         batch_fn = text_batch if tokenizer is None else Collator(tokenizer, spec, config.buckets)
         if config.packing and tokenizer is not None:  # data/packing.py: packed rows with segment ids
-            batch_fn = packing.packed_collator(batch_fn, config.packing, process_count)
+            batch_fn = packing.packed_collator(batch_fn, config.packing, process_count, row_chunks)
         streams.append(mixture.dataset_stream(
             len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
             host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),

@@ -149,10 +149,30 @@ def test_row_bucket_ladder_and_errors():
         packing.pack_batch(padded_batch(0), row_length=64)
 
 
-def test_gradcache_with_packing_is_refused():
-    packed = {k: jnp.asarray(v) for k, v in packing.pack_batch(padded_batch(0), row_length=256).items()}
-    with pytest.raises(ValueError, match="GradCache"):
-        train_step.gradcache_loss_and_grads(PARAMS, CFG, losses.LossConfig(), "retrieval", packed, 2)
+@pytest.mark.parametrize("chunks", [2, 4])
+def test_gradcache_over_packed_rows_equals_plain_packed_and_padded(chunks):
+    """GradCache chunks packed rows (not examples); loss and gradients equal the unchunked packed step's and the
+    padded step's. Row lengths are short so that every row holds several examples' texts."""
+    batch = padded_batch(5, b=6, c=3)
+    packed = packing.pack_batch(batch, row_length=256, row_multiple=chunks)
+    rows = packed["packed_ids"].shape[0]
+    assert rows % chunks == 0 and rows >= chunks
+    loss_config = losses.LossConfig()
+    plain = jax.jit(lambda p, b: train_step.plain_loss_and_grads(p, CFG, loss_config, "retrieval", b))
+    cached = jax.jit(lambda p, b: train_step.gradcache_loss_and_grads(p, CFG, loss_config, "retrieval", b, chunks))
+    l_pad, m_pad, g_pad = plain(PARAMS, batch)
+    l_plain, _, g_plain = plain(PARAMS, packed)
+    l_cache, m_cache, g_cache = cached(PARAMS, packed)
+    assert abs(float(l_cache) - float(l_plain)) <= 1e-5 and abs(float(l_cache) - float(l_pad)) <= 1e-5
+    assert float(m_cache["accuracy"]) == float(m_pad["accuracy"])
+    for ref in (g_plain, g_pad):
+        for x, y in zip(jax.tree.leaves(g_cache), jax.tree.leaves(ref)):
+            assert np.abs(np.asarray(x) - np.asarray(y)).max() <= 2e-5 * np.abs(np.asarray(y)).max() + 1e-7
+    odd = packing.pack_batch(batch, row_length=256, row_multiple=1)
+    if odd["packed_ids"].shape[0] % 4:
+        with pytest.raises(ValueError, match="not divisible by gradcache chunks"):
+            train_step.gradcache_loss_and_grads(PARAMS, CFG, loss_config, "retrieval",
+                                                {k: jnp.asarray(v) for k, v in odd.items()}, 4)
 
 
 def test_pipeline_packs_the_same_batches(tmp_path, tokenizer, write_jsonl):
@@ -190,12 +210,15 @@ def test_trainer_with_packing_matches_padded_first_step(tmp_path):
     from qzhou_jax.metrics_writer import read_metrics
 
     rows = {}
-    for packed in (0, 256):
+    for packed, chunks in ((0, 0), (256, 0), (256, 2)):  # (256, 2): GradCache over packed rows
         cfg = train.load_config("configs/demo.py:stage1", [
             "--config.checkpoint.async_save=False", "--config.export.at_end=False", "--config.plot=False",
             "--config.eval.tasks=()", "--config.train.steps=2", "--config.train.log_every=1",
-            "--config.model.dtype=float32", "--config.model.remat_policy=none", f"--config.data.packing={packed}"])
-        train.run(cfg, str(tmp_path / str(packed)))
-        rows[packed] = read_metrics(str(tmp_path / str(packed)))
-    assert abs(rows[256][0]["loss"] - rows[0][0]["loss"]) <= 1e-4
-    assert rows[256][0]["tokens_per_s"] > 0 and np.isfinite(rows[256][-1]["loss"])
+            "--config.model.dtype=float32", "--config.model.remat_policy=none", f"--config.data.packing={packed}",
+            f"--config.train.gradcache_chunks={chunks}"])
+        train.run(cfg, str(tmp_path / f"{packed}-{chunks}"))
+        rows[packed, chunks] = read_metrics(str(tmp_path / f"{packed}-{chunks}"))
+    for run in ((256, 0), (256, 2)):
+        assert abs(rows[run][0]["loss"] - rows[0, 0][0]["loss"]) <= 1e-4, run
+        assert abs(rows[run][0]["grad_norm"] / rows[0, 0][0]["grad_norm"] - 1) <= 1e-4, run
+        assert rows[run][0]["tokens_per_s"] > 0 and np.isfinite(rows[run][-1]["loss"])
