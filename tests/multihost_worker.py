@@ -68,11 +68,12 @@ def main(argv=None) -> None:
 
     def recording_to_global(host_batch, shardings):
         batch = original_to_global(host_batch, shardings)
+        rows = "anchor_ids" if "anchor_ids" in host_batch else "packed_anchor_index"  # packed batches: data.packing
         record = dict(process=jax.process_index(),
                       dataset_ids=np.asarray(host_batch["dataset_id"]).tolist(),
                       fingerprint=fingerprint(host_batch, train.BATCH_KEYS),
-                      host_shape=list(np.shape(host_batch["anchor_ids"])),
-                      global_shape=list(batch["anchor_ids"].shape))
+                      host_shape=list(np.shape(host_batch[rows])), global_shape=list(batch[rows].shape),
+                      keys=sorted(host_batch))
         print("HOST_BATCH " + json.dumps(record), flush=True)
         return batch
 

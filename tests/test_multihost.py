@@ -241,3 +241,22 @@ def test_export_gathered_across_processes_matches_the_checkpoint(runs):
     exported = load_params(export_dir, model_config)
     assert jax.tree.structure(exported) == jax.tree.structure(params)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), exported, params)
+
+
+def test_packed_batches_on_two_processes_give_the_padded_losses(runs, tmp_path):
+    """data.packing with 2 processes: each host packs its own slice, the hosts agree on rows and segment slots
+    and move their segment indices to global rows (global_batch.agree_on_packing). The first steps' losses and
+    gradient norms equal the padded 2-process run's (which the test above ties to one process)."""
+    _ok(runs["first"])
+    steps = 3
+    packed = launch(tmp_path / "workdir", tmp_path, "packed", steps,
+                    ["--config.data.packing=256", "--config.checkpoint.every=100"])
+    _ok(packed)
+    records = packed[0].records("HOST_BATCH")
+    assert records and all("packed_ids" in r["keys"] for r in records), records[:1]
+    got = training_rows(str(tmp_path / "workdir"))
+    padded = [r for r in training_rows(str(runs["workdir"])) if r["step"] <= steps]
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    for a, b in zip(got, padded):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(b["loss"])), (a, b)
+        assert abs(a["grad_norm"] / b["grad_norm"] - 1) <= 1e-3, (a, b)

@@ -147,15 +147,13 @@ class PackingCollator:
         return pack_batch(self.collator(examples), self.row_length, self.row_multiple)
 
 
-def packed_collator(collator, packing, process_count: int = 1, row_chunks: int = 1) -> PackingCollator:
+def packed_collator(collator, packing, row_chunks: int = 1) -> PackingCollator:
     """The pipeline's hook: `data.packing` on. Rows are a multiple of the local device count so they shard evenly,
     times `row_chunks` (the GradCache chunks: each chunk of rows then shards evenly too).
 
-    Single host only for now: each host would pack its own rows, and the index maps would need offsetting by the
-    host's first row (and all hosts agreeing on R and S) before `to_global` stitches them.
+    With several processes each host packs its own slice; `global_batch.agree_on_packing` then pads every host
+    to the same R and S and moves its segment indices to its rows' place in the global batch.
     """
-    if process_count > 1:
-        raise ValueError("data.packing is not supported with several processes yet; set data.packing=0")
     import jax  # the device count only; the packing itself is pure NumPy
 
     return PackingCollator(collator, row_length(packing, collator.spec),

@@ -226,7 +226,7 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             label_ids=info.label_vocabularies[i])
         batch_fn = text_batch if tokenizer is None else Collator(tokenizer, spec, config.buckets)
         if config.packing and tokenizer is not None:  # data/packing.py: packed rows with segment ids
-            batch_fn = packing.packed_collator(batch_fn, config.packing, process_count, row_chunks)
+            batch_fn = packing.packed_collator(batch_fn, config.packing, row_chunks)
         streams.append(mixture.dataset_stream(
             len(d.samples), ExampleBuilder(d.samples, spec), seed=mixture.derive_seed(seed, i),
             host_batch=mixture.host_batch_size(info.batch_sizes[i], process_count),
