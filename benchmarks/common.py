@@ -137,3 +137,37 @@ def side_by_side_table(rows: Sequence[tuple[str, str, str]], jax_row: dict, torc
         ratio = f"{'loaded':>14s}" if oversubscribed else f"{a / b:>14.2f}"
         lines.append(f"{label:24s}{fmt.format(a * s):>12s}{fmt.format(b * s):>12s}{ratio}")
     return "\n".join(lines)
+
+
+def top_ops(call: Callable[[], object], hlo_text: str, n: int = 12) -> list[dict]:
+    """One traced `call()` of a compiled JAX function whose optimised HLO is `hlo_text` (`compiled.as_text()`):
+    the XLA ops (fusions) that took the most thread time, each with
+    its call count, result shape and the model code it came from (the HLO op_name). This is how the CPU step's
+    strided transposes were found (docs/planning.md); on CPU the events are per-thread, so totals add up to
+    cores x wall time. Uses jax.profiler and its ProfileData reader (no TensorBoard needed)."""
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    origin = {m[1]: (m[2], m[3])
+              for m in re.finditer(r"%([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"", hlo_text)}
+    with tempfile.TemporaryDirectory(prefix="qzhou_trace_") as trace_dir:
+        jax.block_until_ready(call())  # warm
+        jax.profiler.start_trace(trace_dir)
+        jax.block_until_ready(call())
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+        profile = ProfileData.from_file(path)
+    seconds, calls = collections.Counter(), collections.Counter()
+    for plane in profile.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in origin:  # XLA ops only (not the runtime's own spans)
+                    seconds[event.name] += event.duration_ns / 1e9
+                    calls[event.name] += 1
+    return [{"op": op, "thread_s": round(t, 6), "calls": calls[op], "shape": origin[op][0],
+             "source": origin[op][1].split("/", 1)[-1][-90:]} for op, t in seconds.most_common(n)]

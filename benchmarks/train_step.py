@@ -221,6 +221,15 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     tokens_cand = float((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
     shapes = {k: v.shape for k, v in batch.items()}
     breakdown = _breakdown(state, device_batch, config, tx, rules, steps) if profile else None
+    if profile:
+        from benchmarks.common import top_ops
+
+        held = [state]  # the step donates its state: thread it through the traced calls
+
+        def one_step():
+            held[0], step_metrics = compiled(held[0], device_batch)
+            return step_metrics
+        breakdown["top_ops"] = top_ops(one_step, compiled.as_text())
     return dict(breakdown=breakdown,
                 load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
                 losses=step_losses, grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(),
@@ -330,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
     parser.add_argument("--profile", action="store_true",
-                        help="also time the JAX step's pieces alone: forward, loss+gradients, AdamW update, and the "
-                             "dense embedding-table gradient")
+                        help="also time the JAX step's pieces alone (forward, loss+gradients, AdamW update, the "
+                             "dense embedding-table gradient) and list its costliest XLA ops from one traced step")
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.query_len, args.passage_len, args.matmul_size, args.matmul_repeats) < 1 \
             or args.negatives < 0:
@@ -381,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{bd['loss_and_grads_s']:.3f} s, AdamW update {bd['optimizer_update_s']:.3f} s, dense gradient of the "
               f"{bd['embedding_mb']:.0f} MB embedding table {bd['embedding_dense_grad_s']:.3f} s; whole step "
               f"{jax_row['step_s']:.3f} s")
+        print("JAX step's costliest XLA ops (thread seconds in one traced step; cores x wall in all):")
+        for op in bd["top_ops"]:
+            print(f"  {op['thread_s']:7.3f} s  x{op['calls']:<3d} {op['shape']:<24s} {op['source']}")
     print(f"losses    JAX {' '.join(f'{x:.6f}' for x in jax_side['losses'])}")
     print(f"          PyTorch {' '.join(f'{x:.6f}' for x in torch_side['losses'])}  (max |diff| {loss_diff:.2e})")
     print(f"grad norm JAX {' '.join(f'{x:.5f}' for x in jax_side['grad_norms'])}")

@@ -51,6 +51,9 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
     assert min(breakdown[k] for k in ("forward_s", "loss_and_grads_s", "optimizer_update_s",
                                       "embedding_dense_grad_s")) > 0
     assert breakdown["embedding_mb"] == pytest.approx(151665 * 32 * 4 / 2**20)
+    ops = breakdown["top_ops"]  # one traced step: its costliest XLA ops, traced back to the model code
+    assert ops and ops[0]["thread_s"] > 0 and all(op["calls"] >= 1 for op in ops)
+    assert any("layers" in op["source"] for op in ops) and "costliest XLA ops" in out
     assert summary["data"]["source"].startswith("scifact")
     # Same weights, same batch, same optimizer: the two independent steps agree on every step's loss and gradient
     # norm (after step 1 this also checks that the AdamW updates agree).
