@@ -195,7 +195,7 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
     """Params only (no optimizer state) from a training workdir: stage hand-off, export, evaluation.
 
     Returns (params, model_config, meta). `shardings`: a params-shaped pytree of shardings, or None to restore
-    onto the default device.
+    onto this process's first local device.
     """
     manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
                                     # Standard* is PyTree* underneath (same files), but only PyTreeRestore can
@@ -218,7 +218,7 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             tree = metadata.tree if hasattr(metadata, "tree") else metadata
             params_meta = tree["params"] if isinstance(tree, dict) else tree.params
             if shardings is None:
-                default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this host's, not process 0's
                 shardings = jax.tree.map(lambda _: default, params_meta)
             target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
                                   params_meta, shardings)

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 

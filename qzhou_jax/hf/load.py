@@ -134,12 +134,13 @@ def _place(shape, dtype, sharding, layers: list[int] | None, read) -> jax.Array:
 def load_params(model_dir: str, config: ModelConfig, shardings: Any = None) -> dict:
     """Reads an HF Qwen2 directory into the params tree of `Qwen2Encoder(config)`.
 
-    `shardings`: a pytree of `jax.sharding.Sharding` matching the params (from sharding.py), or None for a single
-    device. Tensors are cast to `config.param_dtype`.
+    `shardings`: a pytree of `jax.sharding.Sharding` matching the params (from sharding.py), or None for this
+    process's first local device (not `jax.devices()[0]`, which belongs to process 0 when several processes run).
+    Tensors are cast to `config.param_dtype`.
     """
     names, reader = check_checkpoint(model_dir, config)
     dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     params: dict = {}
     for entry in mapping.tensor_maps(config):
         def read(i, entry=entry):

@@ -1,7 +1,7 @@
 """The mining model: an Encoder from an HF directory, an export, or a training workdir (latest checkpoint).
 
-Params go to this process's first local device (not `jax.devices()[0]`, which belongs to process 0 when several
-processes run), so every host can encode its own slice. `model_fingerprint` keys the embedding cache.
+Params go to this process's first local device (the loaders' default; not `jax.devices()[0]`, which belongs to
+process 0 when several processes run), so every host can encode its own slice. `model_fingerprint` keys the embedding cache.
 """
 from __future__ import annotations
 
@@ -12,24 +12,16 @@ import jax
 import numpy as np
 
 from qzhou_jax import checkpoint
-from qzhou_jax import model as qmodel
 from qzhou_jax.encode import Encoder
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.tokenizer import load_tokenizer
-
-
-def _local_shardings(config: ModelConfig):
-    abstract, _ = qmodel.abstract_params(config)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda _: device, abstract)
 
 
 def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32, dtype: str = "float32") -> Encoder:
     if checkpoint.is_workdir(model_dir):
         from qzhou_jax import run_meta  # the prompt and tokenizer a run records in its checkpoint meta
 
-        config = _workdir_model_config(model_dir)
-        params, _, meta = checkpoint.restore_params(model_dir, shardings=_local_shardings(config))
+        params, config, meta = checkpoint.restore_params(model_dir)
         tokenizer = load_tokenizer(run_meta.tokenizer_from_meta(meta))
         config = config.replace(dtype=dtype)  # compute dtype; the params keep the checkpoint's
         return Encoder(params, config, tokenizer, max_length=max_length, batch_size=batch_size,
@@ -38,23 +30,9 @@ def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32,
     from qzhou_jax.hf.load import load_params
 
     config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
-    params = load_params(model_dir, config, _local_shardings(config))
+    params = load_params(model_dir, config)
     return Encoder(params, config, load_tokenizer(model_dir), max_length=max_length, batch_size=batch_size,
                    prompt=_prompt_from_dir(model_dir))
-
-
-def _workdir_model_config(workdir: str) -> ModelConfig:
-    """The model config of a workdir's latest checkpoint, read before its params (to place them)."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir), item_names=checkpoint.ITEMS,
-                                    item_handlers={"meta": ocp.JsonCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    steps = sorted(manager.all_steps())
-    if not steps:
-        raise FileNotFoundError(f"{workdir}: no checkpoint under {checkpoint.checkpoint_dir(workdir)}")
-    meta = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return checkpoint.model_config_from_dict(meta["model_config"])
 
 
 def model_fingerprint(encoder: Encoder, samples_per_leaf: int = 4096) -> str:
