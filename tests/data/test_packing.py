@@ -198,8 +198,13 @@ def test_pipeline_packs_the_same_batches(tmp_path, tokenizer, write_jsonl):
             np.testing.assert_array_equal(got[key], value, err_msg=key)
     with pytest.raises(ValueError, match="shorter than"):
         build_pipeline({**data, "packing": 20}, tokenizer, process_index=0, process_count=1)
-    with pytest.raises(ValueError, match="several processes"):
-        build_pipeline({**data, "packing": 32}, tokenizer, process_index=0, process_count=2)
+    # Several processes: each host packs its own slice (global_batch.agree_on_packing then stitches the hosts).
+    host_padded, _ = build_pipeline(data, tokenizer, process_index=1, process_count=2)
+    host_packed, _ = build_pipeline({**data, "packing": 32}, tokenizer, process_index=1, process_count=2)
+    want, got = next(iter(host_padded)), next(iter(host_packed))
+    assert len(want["dataset_id"]) == 4  # half of the global batch of 8
+    for key, value in packing.pack_batch(want, 32, jax.local_device_count()).items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 @pytest.mark.slow
