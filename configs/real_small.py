@@ -1,5 +1,5 @@
 """Proof that training learns: a small Qwen2-shaped model trained from scratch on the train splits of the shared
-data (retrieval, STS/NLI, classification), both stages, in about 20-30 minutes on a 2-core CPU.
+data (retrieval, STS/NLI, classification), both stages, in about 50 minutes on a shared 2-core CPU (README table).
 
     python -m qzhou_jax.train --config configs/real_small.py --workdir workdirs/real_small
     python -m qzhou_jax.evaluate --model random:small --compare workdirs/real_small/stage2 --tasks all \
