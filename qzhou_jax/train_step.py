@@ -161,17 +161,24 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
                                                                                           reps["cand"])
 
     # (3) per chunk: forward again, backward with the cached embedding gradient, accumulate.
-    def backward(side, cotangents):
-        def body(acc, xs):
-            inputs, cot = xs
-            _, vjp = jax.vjp(lambda p: embed_chunk(p, side, inputs), params)
-            return jax.tree.map(jnp.add, acc, vjp(cot)[0]), None
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        acc, _ = jax.lax.scan(body, zeros, (chunked[side], _to_chunks(cotangents, num_chunks)))
-        return acc
-
-    grads = jax.tree.map(jnp.add, backward("anchor", g_a), backward("cand", g_c))
+    grads = jax.tree.map(
+        jnp.add,
+        _chunked_backward(lambda p, xs: embed_chunk(p, "anchor", xs), params, chunked["anchor"],
+                          _to_chunks(g_a, num_chunks)),
+        _chunked_backward(lambda p, xs: embed_chunk(p, "cand", xs), params, chunked["cand"],
+                          _to_chunks(g_c, num_chunks)))
     return loss, metrics, grads
+
+
+def _chunked_backward(embed_fn, params, chunk_inputs, cotangents):
+    """GradCache step (3): for each chunk (scan over the leading axis of `chunk_inputs` / `cotangents`), forward
+    `embed_fn(params, inputs)` again and pull its cached embedding gradient back to the params; summed."""
+    def body(acc, xs):
+        inputs, cot = xs
+        _, vjp = jax.vjp(lambda p: embed_fn(p, inputs), params)
+        return jax.tree.map(jnp.add, acc, vjp(cot)[0]), None
+    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (chunk_inputs, cotangents))
+    return grads
 
 
 def _segment_table(params, config: ModelConfig, ids, segment_ids, num_segments: int) -> jax.Array:
@@ -212,11 +219,8 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: B
                                      loss_config)
     (loss, metrics), g_tables = jax.value_and_grad(loss_fn, has_aux=True)(tables)
 
-    def body(acc, xs):
-        chunk_ids, chunk_seg, cot = xs
-        _, vjp = jax.vjp(lambda p: _segment_table(p, config, chunk_ids, chunk_seg, num_segments), params)
-        return jax.tree.map(jnp.add, acc, vjp(cot)[0]), None
-    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (ids, seg, g_tables))
+    grads = _chunked_backward(lambda p, xs: _segment_table(p, config, xs[0], xs[1], num_segments), params,
+                              (ids, seg), g_tables)
     return loss, metrics, grads
 
 

@@ -55,11 +55,9 @@ def agree_on_packing(batch: Mapping[str, np.ndarray], rows_sharding) -> dict[str
     most_rows, most_slots = (int(x) for x in multihost_utils.process_allgather(np.array([rows, slots])).max(0))
     width = batch["packed_ids"].shape[1]
     global_shape = (jax.process_count() * most_rows, width)
-    starts = sorted({(index[0].start or 0) for index in
-                     rows_sharding.addressable_devices_indices_map(global_shape).values()})
-    first_row = starts[0]
     held = {r for index in rows_sharding.addressable_devices_indices_map(global_shape).values()
             for r in range(*index[0].indices(global_shape[0]))}
+    first_row = min(held)
     if held != set(range(first_row, first_row + most_rows)):
         raise ValueError("data.packing with several processes needs each host's devices to hold one contiguous "
                          f"block of the batch axis; process {jax.process_index()} holds rows {sorted(held)[:8]}...")

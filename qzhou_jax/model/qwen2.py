@@ -55,7 +55,7 @@ def project(x, kernel, in_axes: int):
     JAX's transpose rule for dot_general computes every kernel gradient as dot(dy, x) in [*out, *in] order and
     then transposes it. On XLA:CPU that makes layout assignment store the incoming gradient (for the MLP: the
     SwiGLU backward, [tokens, mlp]) transposed, in strided loop fusions that took ~20% of the whole train step
-    (benchmarks/train_step.py --profile; docs/throughput.md). Here the order is picked per projection so that
+    (benchmarks/train_step.py --profile; docs/planning.md). Here the order is picked per projection so that
     only the narrower operand is transposed. Remat policies still see the forward dot (jax saves
     custom_vjp outputs under `checkpoint_dots` like plain dots); tests/model/test_qwen2.py checks gradients.
     """
