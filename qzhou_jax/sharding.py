@@ -224,3 +224,12 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def whole(x: jax.Array) -> jax.Array:
+    """`x` replicated on every device (under the trainer's sharding rules; a no-op without them), for a small
+    array that sharded indices look up. The loss compares every text with every other, so the segments'
+    embeddings are needed whole anyway, and the lookup is then local. Left to itself, SPMD moved rows between
+    devices with collective-permutes (10 more per packed step), and 2-process CPU runs (Gloo) hung in such a
+    step without an error, 1 run in 2 under load; 0 of 6 with the lookups local (tests/test_multihost.py)."""
+    return nn.with_logical_constraint(x, (None,) * x.ndim)

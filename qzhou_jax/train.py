@@ -30,7 +30,8 @@ from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
-from qzhou_jax.train_step import abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn
+from qzhou_jax.train_step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn,
+                                  mesh_context)
 from qzhou_jax.workdir_lock import WorkdirBusyError, WorkdirLock
 
 log = logging.getLogger("qzhou_jax.train")
@@ -103,6 +104,36 @@ def to_device_batch(host_batch, rules) -> batch_lib.Batch:
     names = [n for n in batch_lib.FIELDS if host_batch.get(n) is not None]
     arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, names))
     return batch_lib.Batch.from_host(arrays)
+
+
+class AlignedSteps:
+    """The loop's step functions, each (task, batch shapes) compiled ahead of its first run.
+
+    The compile time is logged (minutes for a 7B step on a pod; otherwise that step just looks slow), and with
+    several processes the hosts meet at a barrier before running a new program: hosts that reach its collectives
+    far apart (one compiles from the persistent cache, another from scratch, or on a busier machine) can time out,
+    and with Gloo on CPU (jax 0.10) a reduce-scatter reached more than 30 s apart hangs for good
+    (jax-ml/jax#40831; the 2-process packed test hit it in CI). The barrier is an all-gather, which waits.
+    """
+
+    def __init__(self, steps: dict[str, Any], mesh):
+        self.steps, self.mesh, self.compiled = steps, mesh, {}
+
+    def __call__(self, task: str, state, batch: batch_lib.Batch):
+        leaves, tree = jax.tree.flatten(batch)
+        key = (task, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
+        fn = self.compiled.get(key)
+        if fn is None:
+            t = time.time()
+            with mesh_context(self.mesh):
+                fn = self.steps[task].jitted_for(batch).lower(state, batch).compile()
+            log.info("compiled the %s step for %s in %.1fs", task,
+                     {k: tuple(v.shape) for k, v in batch.present().items()}, time.time() - t)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices(f"qzhou_jax.train: step program {len(self.compiled)} compiled")
+            self.compiled[key] = fn
+        return fn(state, batch)
 
 
 # ====================================================================================================== run
@@ -212,6 +243,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     progress = Progress(total_steps, start_step)
     evaluator = _make_evaluator(cfg, model_config, tokenizer)
     stop = loop_guards.StopRequest(manager)
+    aligned_steps = AlignedSteps(steps, mesh)
     stall = loop_guards.StallDetector(cfg.train.stall_steps)
     peak = peak_flops(cfg)
     log.info("setup took %.1fs; training steps %d -> %d", time.time() - t_setup, start_step, total_steps)
@@ -233,7 +265,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
             dataset_id = int(host_batch["dataset_id"][0])
             task = info.tasks[dataset_id]
             batch = to_device_batch(host_batch, rules)
-            state, metrics = steps[task](state, batch)
+            state, metrics = aligned_steps(task, state, batch)
             step += 1
             shapes = [batch.packed_ids.shape] * 2 if batch.packed else [batch.anchor_ids.shape, batch.cand_ids.shape]
             window.append((task, dataset_id, metrics, *shapes))

@@ -23,6 +23,7 @@ import optax
 from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
 from qzhou_jax.batch import Batch
 from qzhou_jax.model import ModelConfig
+from qzhou_jax.sharding import whole
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: B
         return (row % num_chunks) * (per_chunk * num_segments) + (row // num_chunks) * num_segments + s
 
     def loss_fn(tables):
-        flat = tables.reshape(-1, tables.shape[-1])
+        flat = whole(tables.reshape(-1, tables.shape[-1]))
 
         def pick(index):
             picked = jnp.take(flat, jnp.maximum(stacked_slot(index), 0), axis=0)

@@ -12,7 +12,9 @@ of the host and global batches. A final `SUMMARY {json}` line gives the run summ
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 
 
@@ -46,6 +48,7 @@ def fingerprint(host_batch, keys) -> str:
 
 def main(argv=None) -> None:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's launcher asks for stacks before a kill
     # Before JAX is imported: this process's fake devices, CPU only, Gloo collectives across processes.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"

@@ -14,10 +14,12 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -80,9 +82,14 @@ def report(processes: list[Process]) -> str:
                      f"---- process {i} stderr:\n{_tail(p.stderr)}" for i, p in enumerate(processes))
 
 
-def launch(workdir, logs, name: str, steps: int, extra=()) -> list[Process]:
+class Hung(Exception):
+    """An invocation ran past its timeout; the message holds both processes' output and Python stacks."""
+
+
+def launch(workdir, logs, name: str, steps: int, extra=(), timeout_s: int = TIMEOUT_S) -> list[Process]:
     """Runs the worker as NUM_PROCESSES processes; once one fails, the others are killed rather than left
-    waiting on collectives; all are killed at TIMEOUT_S. Output goes to files (a full pipe would stall a peer)."""
+    waiting on collectives; all are killed at `timeout_s` (raising Hung, after asking each process for its
+    Python stacks). Output goes to files (a full pipe would stall a peer)."""
     port = _free_port()
     paths, procs = [], []
     for i in range(NUM_PROCESSES):
@@ -94,12 +101,16 @@ def launch(workdir, logs, name: str, steps: int, extra=()) -> list[Process]:
                *extra]
         with open(out, "w") as fo, open(err, "w") as fe:
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=fo, stderr=fe))
-    deadline, timed_out = time.monotonic() + TIMEOUT_S, False
+    deadline, timed_out = time.monotonic() + timeout_s, False
     while any(p.poll() is None for p in procs):
         failed = any(p.poll() not in (None, 0) for p in procs)
         timed_out = time.monotonic() > deadline
         if failed or timed_out:
-            time.sleep(0 if timed_out else 5)  # a failing peer's last words
+            if timed_out:  # every thread's Python stack to stderr (faulthandler), to see where it hung
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGUSR1)
+            time.sleep(2 if timed_out else 5)  # a failing peer's last words
             for p in procs:
                 if p.poll() is None:
                     p.kill()
@@ -108,7 +119,7 @@ def launch(workdir, logs, name: str, steps: int, extra=()) -> list[Process]:
         time.sleep(0.5)
     result = [Process(p.returncode, out.read_text(), err.read_text()) for p, (out, err) in zip(procs, paths)]
     if timed_out:
-        pytest.fail(f"{name}: timed out after {TIMEOUT_S}s\n{report(result)}")
+        raise Hung(f"{name}: timed out after {timeout_s}s\n{report(result)}")
     return result
 
 
@@ -117,12 +128,18 @@ def runs(tmp_path_factory):
     """Both 2-process invocations on one workdir: 6 steps, then resumed to 9 and exported (collective gathers)."""
     root = tmp_path_factory.mktemp("multihost")
     workdir = root / "workdir"
-    first = launch(workdir, root, "first", FIRST_STEPS)
+    try:
+        first = launch(workdir, root, "first", FIRST_STEPS)
+    except Hung as e:
+        pytest.fail(str(e))
     if any(p.returncode for p in first):
         pytest.fail(f"first invocation failed\n{report(first)}")
     first_checkpoints = {step: _listing(workdir, step) for step in checkpoint_steps(workdir)}  # before keep= prunes
-    second = launch(workdir, root, "second", TOTAL_STEPS, ["--config.export.at_end=True",
-                                                           "--config.export.dtype=float32"])
+    try:
+        second = launch(workdir, root, "second", TOTAL_STEPS, ["--config.export.at_end=True",
+                                                               "--config.export.dtype=float32"])
+    except Hung as e:
+        pytest.fail(str(e))
     return dict(workdir=workdir, first=first, second=second, first_checkpoints=first_checkpoints)
 
 
@@ -249,12 +266,24 @@ def test_packed_batches_on_two_processes_give_the_padded_losses(runs, tmp_path):
     gradient norms equal the padded 2-process run's (which the test above ties to one process)."""
     _ok(runs["first"])
     steps = 3
-    packed = launch(tmp_path / "workdir", tmp_path, "packed", steps,
-                    ["--config.data.packing=256", "--config.checkpoint.every=100"])
+    for attempt in range(2):
+        # One retry, on a hang only. Both processes once stalled for good in step 3 (a new program), in CI and
+        # here 1 run in 2 under load, inside Gloo collectives; since sharding.whole keeps the packed lookups
+        # local (no collective-permutes) it passed 6 of 6 loaded reruns. A hang in our code hangs twice and
+        # fails; the first one's Python stacks are kept as a warning.
+        workdir = tmp_path / f"workdir{attempt}"
+        try:
+            packed = launch(workdir, tmp_path, f"packed{attempt}", steps,
+                            ["--config.data.packing=256", "--config.checkpoint.every=100"], timeout_s=300)
+            break
+        except Hung as e:
+            if attempt:
+                pytest.fail(str(e))
+            warnings.warn(f"retrying after a hang: {e}")
     _ok(packed)
     records = packed[0].records("HOST_BATCH")
     assert records and all("packed_ids" in r["keys"] for r in records), records[:1]
-    got = training_rows(str(tmp_path / "workdir"))
+    got = training_rows(str(workdir))
     padded = [r for r in training_rows(str(runs["workdir"])) if r["step"] <= steps]
     assert [r["step"] for r in got] == list(range(1, steps + 1))
     for a, b in zip(got, padded):

@@ -169,3 +169,49 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     assert "SIGINT: saving a checkpoint at the end of this step" in out  # the first one is ours, not a traceback
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in out, out[-3000:]
     assert "KeyboardInterrupt" not in out
+
+
+def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_running_it(monkeypatch):
+    """train.AlignedSteps: the same results as the plain step function; one compile per (task, batch shapes); with
+    several processes one barrier per new program, after its compile and before its first run."""
+    import jax
+    from jax.experimental import multihost_utils
+    from ml_collections import ConfigDict
+
+    from qzhou_jax import batch as batch_lib, losses, optim, sharding
+    from qzhou_jax.train_step import abstract_state, create_state, make_step_fn
+    from tests.test_train_step import CFG, PARAMS, make_batch
+
+    tx, schedule = optim.make_optimizer(ConfigDict(dict(lr=1e-3, warmup_steps=0, decay="constant",
+                                                        final_lr_ratio=1.0, b1=0.9, b2=0.999, eps=1e-8,
+                                                        weight_decay=0.0, grad_clip=1.0, grad_accum_steps=1)), 10)
+    rules = sharding.ShardingRules.create(sharding.make_mesh((-1, 1, 1)), CFG)
+    _, state_shardings = abstract_state(CFG, tx, rules)
+    step = make_step_fn("retrieval", config=CFG, loss_config=losses.LossConfig(), tx=tx, schedule=schedule,
+                        gradcache_chunks=0, rules=rules, state_shardings=state_shardings)
+    init = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)
+    host = [make_batch("retrieval", seed=0), make_batch("retrieval", seed=1), make_batch("retrieval", la=8, seed=2)]
+    batches = [jax.device_put(batch_lib.Batch.from_host(b), batch_lib.shardings(rules, batch_lib.Batch.from_host(b)))
+               for b in host]
+
+    events = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append(name))
+    aligned = train.AlignedSteps({"retrieval": step}, rules.mesh)
+    state = init(jax.device_put(PARAMS, state_shardings.params))
+    got = []
+    for b in batches:
+        state, metrics = aligned("retrieval", state, b)
+        got.append(float(metrics["loss"]))
+        events.append(f"ran {len(aligned.compiled)}")
+    assert len(aligned.compiled) == 2  # the third batch's anchors are longer: a second program
+    assert events == ["qzhou_jax.train: step program 0 compiled", "ran 1", "ran 1",
+                      "qzhou_jax.train: step program 1 compiled", "ran 2"]
+
+    monkeypatch.undo()
+    state = init(jax.device_put(PARAMS, state_shardings.params))
+    expected = []
+    for b in batches:
+        state, metrics = step(state, b)
+        expected.append(float(metrics["loss"]))
+    assert got == expected
