@@ -7,6 +7,17 @@ import argparse
 from collections.abc import Sequence
 
 
+class ConfigLoadError(ValueError):
+    """The config file or an override is wrong; the message names which and why."""
+
+
+def _innermost(e: BaseException) -> str:
+    while e.args and isinstance(e.args[0], BaseException):  # ml_collections wraps a KeyError in an AttributeError
+        e = e.args[0]
+    text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    return text.replace("\n", " ")
+
+
 def load_config(path: str, overrides: list[str] = ()):
     from absl import flags
     from ml_collections import config_flags
@@ -15,8 +26,23 @@ def load_config(path: str, overrides: list[str] = ()):
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True,
                                     sys_argv=argv)
-    values(argv)
+    try:
+        values(argv)
+    except flags.Error as e:  # a bad value, or the file itself failed (its traceback is in the message)
+        raise ConfigLoadError(str(e)) from e
+    except (KeyError, AttributeError) as e:  # an override of a key the config does not have
+        raise ConfigLoadError(f"{path}: no such key in the overrides {list(overrides)}: {_innermost(e)}") from e
     return values.config
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+    """For every command: (args, the config loaded from `args.config` with the `--config.a.b=value` overrides);
+    a bad config or override exits through `parser.error` (usage, the message, exit status 2)."""
+    args, overrides = parse_with_overrides(parser, argv)
+    try:
+        return args, load_config(args.config, overrides)
+    except ConfigLoadError as e:
+        parser.error(str(e))
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):

@@ -1,7 +1,7 @@
 """Ahead-of-time planner: compile the real train step for a TPU / GPU topology on this host and report, per chip,
 memory against HBM, FLOPs, a roofline step time, tokens/s and days at an assumed MFU, before renting the pod.
 
-    python -m qzhou_jax.plan --config configs/stage1.py --topology v5p-128 [--mfu 0.4] [--hbm_gib 0] \
+    python -m qzhou_jax.plan --config configs/stage1.py --topology v5p-128 [--mfu 0.4] [--hbm-gib 0] \
         [--config.train.gradcache_chunks=8 ...]
 
 TPU topologies (v4-N, v5p-N, v5e-N, v6e-N; N as Cloud TPU counts it) compile through libtpu's compile-only
@@ -204,31 +204,32 @@ def format_report(report: dict) -> str:
 
 # ====================================================================================================== CLI
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    """argv: without the program name; None reads sys.argv. Exits 0 when every step fits, 2 when one does not."""
+    import argparse
 
-    config_flags.DEFINE_config_file("config", None, "Python config file with get_config()", lock_config=True)
-    flags.DEFINE_string("topology", None, "v4-N | v5p-N | v5e-N | v6e-N (TPU), a100xN | h100xN | h200xN | b200xN")
-    flags.DEFINE_float("mfu", 0.4, "assumed model FLOPs utilisation for the step-time / days estimate")
-    flags.DEFINE_float("hbm_gib", 0.0, "memory budget per chip in GiB (0: the chip's HBM)")
-    flags.DEFINE_string("json", "", "also write the report as JSON to this path")
-    flags.mark_flags_as_required(["config", "topology"])
+    from qzhou_jax.config import parse_config_args
 
-    def _main(_):
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-        FLAGS = flags.FLAGS
-        try:
-            report = plan(FLAGS.config, FLAGS.topology, mfu=FLAGS.mfu, hbm_gib=FLAGS.hbm_gib)
-        except PlanError as e:
-            print(f"plan: {e}", file=sys.stderr)
-            sys.exit(1)
-        print(format_report(report), flush=True)
-        if FLAGS.json:
-            with open(FLAGS.json, "w") as f:
-                json.dump(report, f, indent=1)
-        sys.exit(0 if report["fits"] else 2)
-
-    app.run(_main, argv=argv)
+    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.plan", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
+    parser.add_argument("--topology", required=True,
+                        help="v4-N | v5p-N | v5e-N | v6e-N (TPU), a100xN | h100xN | h200xN | b200xN")
+    parser.add_argument("--mfu", type=float, default=0.4,
+                        help="assumed model FLOPs utilisation for the step-time / days estimate")
+    parser.add_argument("--hbm-gib", "--hbm_gib", dest="hbm_gib", type=float, default=0.0,
+                        help="memory budget per chip in GiB (0: the chip's HBM)")
+    parser.add_argument("--json", default="", help="also write the report as JSON to this path")
+    args, cfg = parse_config_args(parser, argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        report = plan(cfg, args.topology, mfu=args.mfu, hbm_gib=args.hbm_gib)
+    except PlanError as e:
+        print(f"plan: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    sys.exit(0 if report["fits"] else 2)
 
 
 if __name__ == "__main__":

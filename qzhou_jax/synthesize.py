@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         summary = merge(args.shards, args.output, args.summary)
     elif args.command == "seed":
         from qzhou_jax.synthesis.seed import write_seed
-        from qzhou_jax.train import load_config
+        from qzhou_jax.config import load_config
 
         summary = write_seed(load_config(args.config), args.dataset, args.output)
     elif args.command == "decontaminate":

@@ -404,28 +404,28 @@ def initialize_distributed() -> None:
 
 
 def main(argv=None, after_step: AfterStep | None = None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    """`python -m qzhou_jax.train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]` (argv: without the
+    program name; None reads sys.argv)."""
+    import argparse
 
-    config_flags.DEFINE_config_file("config", None, "Python config file with get_config()", lock_config=True)
-    flags.DEFINE_string("workdir", None, "checkpoints, metrics, TensorBoard and the export go here")
-    flags.mark_flags_as_required(["config", "workdir"])
+    from qzhou_jax.config import parse_config_args
 
-    def _main(_):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stdout)
-        for noisy in ("absl", "orbax", "jax._src"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        if flags.FLAGS.config.get("distributed"):
+    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics, TensorBoard and the export go here")
+    args, cfg = parse_config_args(parser, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if cfg.get("distributed"):
             initialize_distributed()
-        try:
-            summary = run(flags.FLAGS.config, flags.FLAGS.workdir, after_step=after_step)
-        except (config_check.ConfigError, WorkdirBusyError, checkpoint.CheckpointSaveError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)  # one line, no traceback: the message says it all
-            sys.exit(2 if isinstance(e, config_check.ConfigError) else 1)
-        print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
-
-    app.run(_main, argv=argv)
+        summary = run(cfg, args.workdir, after_step=after_step)
+    except (config_check.ConfigError, WorkdirBusyError, checkpoint.CheckpointSaveError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)  # one line, no traceback: the message says it all
+        sys.exit(2 if isinstance(e, config_check.ConfigError) else 1)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
 
 
 if __name__ == "__main__":

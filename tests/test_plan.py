@@ -63,7 +63,7 @@ def test_planner_cli_fails_clearly_over_budget():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "qzhou_jax.plan", "--config=configs/stage1.py", "--topology=v5p-8", "--hbm_gib=0.0001",
+        [sys.executable, "-m", "qzhou_jax.plan", "--config=configs/stage1.py", "--topology=v5p-8", "--hbm-gib=0.0001",
          "--config.model.preset=tiny", "--config.data.batch_size.retrieval=8"],
         capture_output=True, text=True, cwd=root, env=env)
     assert result.returncode == 2, result.stderr[-2000:]

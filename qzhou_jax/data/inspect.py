@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from qzhou_jax.config import load_config, parse_with_overrides
+from qzhou_jax.config import parse_config_args
 from qzhou_jax.data.pipeline import build_pipeline, load_datasets, mixture_info
 from qzhou_jax.data.spec import DataConfig
 
@@ -78,14 +78,13 @@ def length_histograms(batches, info, data: DataConfig) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
     parser.add_argument("--batches", type=int, default=3, help="decoded batches to print")
     parser.add_argument("--hist-batches", type=int, default=50, help="batches for the length histograms")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: built-in Qwen2.5)")
     parser.add_argument("--process-count", type=int, default=1, help="hosts to divide the global batch by")
-    args, overrides = parse_with_overrides(parser, argv)
-
-    data = DataConfig.from_config(data_block(load_config(args.config, overrides)))
+    args, cfg = parse_config_args(parser, argv)
+    data = DataConfig.from_config(data_block(cfg))
     datasets, counter = load_datasets(data)
     info = mixture_info(data, datasets, counter, args.process_count)
     print("== mixture (alpha={}, eta={})".format(data.alpha, data.eta))

@@ -244,7 +244,7 @@ def _shard_arg(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qzhou_jax.config import load_config, parse_with_overrides
+    from qzhou_jax.config import parse_config_args
     from qzhou_jax.data.inspect import data_block
 
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.prepare", description=__doc__.split("\n")[0])
@@ -253,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=_shard_arg, default=(0, 1), help="I/N: this host's share of the datasets")
     parser.add_argument("--workers", type=int, default=1, help="datasets prepared in parallel processes")
     parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
-    args, overrides = parse_with_overrides(parser, argv)
-    data = data_block(load_config(args.config, overrides))
+    args, cfg = parse_config_args(parser, argv)
+    data = data_block(cfg)
     prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
             log=lambda msg: print(msg, flush=True))
     return 0
