@@ -145,10 +145,12 @@ def test_silently_flipped_bytes_are_caught_by_the_fingerprint(trained_workdir, t
     _flip_bytes_in_largest_file(os.path.join(checkpoint.checkpoint_dir(str(workdir)), "4"))
     capsys.readouterr()
     params, _, meta = checkpoint.restore_params(str(workdir))  # export / stage hand-off: the previous one
-    assert meta["step"] == 2 and "do not match the fingerprint" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert meta["step"] == 2 and "do not match the fingerprint" in out, (meta, out[-2000:])
     summary = train.run(demo_config("--config.train.steps=4"), str(workdir))
     out = capsys.readouterr().out
-    assert "checkpoint step 4" in out and "do not match the fingerprint" in out and "resuming from checkpoint step 2" in out
+    assert "checkpoint step 4" in out and "do not match the fingerprint" in out, out[-3000:]
+    assert "resuming from checkpoint step 2" in out, out[-3000:]
     assert summary["step"] == 4
     assert any(d.startswith("4.corrupt") for d in os.listdir(checkpoint.checkpoint_dir(str(workdir))))
     # Steps 3-4 retrained from step 2 reproduce the undamaged run exactly.

@@ -262,8 +262,9 @@ def test_export_gathered_across_processes_matches_the_checkpoint(runs):
 
 def test_packed_batches_on_two_processes_give_the_padded_losses(runs, tmp_path):
     """data.packing with 2 processes: each host packs its own slice, the hosts agree on rows and segment slots
-    and move their segment indices to global rows (global_batch.agree_on_packing). The first steps' losses and
-    gradient norms equal the padded 2-process run's (which the test above ties to one process)."""
+    and move their segment indices to global rows (global_batch.agree_on_packing). GradCache is on (2 chunks of
+    packed rows; it is exact), so this also covers GradCache across processes. The first steps' losses and
+    gradient norms equal the padded, unchunked 2-process run's (which the test above ties to one process)."""
     _ok(runs["first"])
     steps = 3
     for attempt in range(2):
@@ -274,7 +275,8 @@ def test_packed_batches_on_two_processes_give_the_padded_losses(runs, tmp_path):
         workdir = tmp_path / f"workdir{attempt}"
         try:
             packed = launch(workdir, tmp_path, f"packed{attempt}", steps,
-                            ["--config.data.packing=256", "--config.checkpoint.every=100"], timeout_s=300)
+                            ["--config.data.packing=256", "--config.checkpoint.every=100",
+                             "--config.train.gradcache_chunks=2"], timeout_s=300)
             break
         except Hung as e:
             if attempt:
