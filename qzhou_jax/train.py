@@ -113,7 +113,7 @@ class AlignedSteps:
     several processes the hosts meet at a barrier before running a new program: hosts that reach its collectives
     far apart (one compiles from the persistent cache, another from scratch, or on a busier machine) can time out,
     and with Gloo on CPU (jax 0.10) a reduce-scatter reached more than 30 s apart hangs for good
-    (jax-ml/jax#40831; the 2-process packed test hit it in CI). The barrier is an all-gather, which waits.
+    (jax-ml/jax#40831, reproduced here). The barrier is an all-gather, which waits.
     """
 
     def __init__(self, steps: dict[str, Any], mesh):

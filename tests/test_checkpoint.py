@@ -1,5 +1,6 @@
 """Checkpoints: a killed run resumes to exactly the uninterrupted result; a corrupt checkpoint is set aside."""
 import os
+import re
 import subprocess
 import sys
 
@@ -130,14 +131,47 @@ def test_unreadable_checkpoints_are_never_discarded_silently(tmp_path):
 from tests.trained_workdir import copy_of, demo_config, trained_workdir  # noqa: E402,F401
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _flipped(buf: bytes, at: int, count: int) -> bytes:
+    return buf[:at] + bytes(b ^ 0xFF for b in buf[at:at + count]) + buf[at + count:]
+
+
+def _silent_flip_offset(data: bytes, count: int) -> int:
+    """An offset in `data` where `count` flipped bytes leave its zstd frame decodable (to other values)."""
+    import zstandard
+
+    starts = [m.start() for m in re.finditer(re.escape(ZSTD_MAGIC), data)]
+    frames = sorted(zip(starts, starts[1:] + [len(data)]), key=lambda f: f[0] - f[1])  # largest first
+    decoder = zstandard.ZstdDecompressor()
+    for start, end in frames:
+        frame = data[start:end]
+        try:
+            before = decoder.decompress(frame, max_output_size=1 << 28)
+        except zstandard.ZstdError:  # not a frame: the magic number occurred inside other bytes
+            continue
+        for at in range(len(frame) // 2, len(frame) - count, max(count, len(frame) // 16)):
+            try:
+                after = decoder.decompress(_flipped(frame, at, count), max_output_size=1 << 28)
+            except zstandard.ZstdError:
+                continue
+            if len(after) == len(before) and after != before:
+                return start + at
+    raise AssertionError("no place where flipped bytes still decode")
+
+
 def _flip_bytes_in_largest_file(step_dir, count=64):
+    """Bit rot that still decodes: `count` bytes flipped in the state's largest file, inside one of the zstd frames
+    Orbax stores array chunks as, where the frame still decompresses (to other values). Flipping blindly at the
+    middle sometimes hit a header or a checked stream, which fails loudly instead (another path, tested by
+    test_corrupt_latest_checkpoint_falls_back), so this test failed now and then."""
     files = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(step_dir, "state")) for n in names]
     largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.seek(os.path.getsize(largest) // 2)
-        data = bytearray(f.read(count))
-        f.seek(os.path.getsize(largest) // 2)
-        f.write(bytes(b ^ 0xFF for b in data))
+    data = open(largest, "rb").read()
+    at = _silent_flip_offset(data, count) if ZSTD_MAGIC in data else len(data) // 2
+    with open(largest, "wb") as f:
+        f.write(_flipped(data, at, count))
 
 
 def test_silently_flipped_bytes_are_caught_by_the_fingerprint(trained_workdir, tmp_path, capsys):
