@@ -181,7 +181,7 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
 
 
 def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
-            profile: bool = False) -> dict:
+            profile: bool = False, scan_layers: bool = True) -> dict:
     _one_cpu_device()
     import jax
 
@@ -191,7 +191,8 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     from qzhou_jax.train_step import abstract_state, batch_flops, create_state, make_step_fn, mesh_context
 
     start = time.perf_counter()
-    config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy="none")
+    config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy="none",
+                                 scan_layers=scan_layers)
     mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
     rules = sharding.ShardingRules.create(mesh, config)
     tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1)
@@ -338,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
+    parser.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=True,
+                        help="the model's scan over layers (model.scan_layers; on by default, for short TPU "
+                             "compiles); --no-scan-layers unrolls them, ~7%% faster steps on XLA:CPU")
     parser.add_argument("--profile", action="store_true",
                         help="also time the JAX step's pieces alone (forward, loss+gradients, AdamW update, the "
                              "dense embedding-table gradient) and list its costliest XLA ops from one traced step")
@@ -355,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         n_params = make_checkpoint_for(args, model_dir)
         common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
         torch_side = in_fresh_process(run_torch, *common, args.threads)
-        jax_side = in_fresh_process(run_jax, *common, args.profile)
+        jax_side = in_fresh_process(run_jax, *common, args.profile, args.scan_layers)
 
     tokens_anchor = int(batch["anchor_mask"].sum())
     tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
@@ -379,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"machine: {cores} CPU cores visible; JAX jit fp32 {args.matmul_size}^2 matmul "
           f"{peak['best_flops'] / 1e9:.1f} GFLOP/s best, {peak['median_flops'] / 1e9:.1f} median of "
           f"{args.matmul_repeats} (the MFU denominator); {load_note(load)}")
-    print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device); PyTorch {torch_side['threads']} threads, SDPA; "
+    print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device, scan_layers={args.scan_layers}); "
+          f"PyTorch {torch_side['threads']} threads, SDPA; "
           f"median of {args.steps} timed steps after one warm-up step")
     print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9},
                              oversubscribed=load["oversubscribed"]))

@@ -13,7 +13,7 @@ from qzhou_jax.tokenizer import load_tokenizer
 
 TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
        "--batch", "4", "--negatives", "1", "--query-len", "16", "--passage-len", "24", "--steps", "2",
-       "--matmul-size", "128", "--matmul-repeats", "2", "--threads", "1", "--profile"]
+       "--matmul-size", "128", "--matmul-repeats", "2", "--threads", "1", "--profile", "--no-scan-layers"]
 QUERIES = ["Aspirin lowers the risk of heart attacks.", "Vitamin D deficiency causes rickets in children.",
            "Exercise improves memory in older adults with mild impairment.", "Coffee prevents liver disease.",
            "Sleep loss impairs glucose tolerance."]
