@@ -1,7 +1,7 @@
 """Prepare once, read lazily: every dataset of a data config -> transformed, validated samples in ArrayRecord shards.
 
     python -m qzhou_jax.data.prepare --config configs/stage1.py:paper --out /data/prepared [--shard I/N]
-        [--workers P] [--records-per-shard 100000]
+        [--workers P] [--records-per-shard 100000] [--group-size 8]
 
 Per dataset, OUT/<name>/ receives `data-KKKKK-of-NNNNN.array_record` shards (one JSON sample per record, in source
 order, after the dataset's transform, validation, max_examples and label checks; both_directions is applied at
@@ -43,6 +43,13 @@ from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
 
 DEFAULT_RECORDS_PER_SHARD = 100_000
+# Records per ArrayRecord chunk. Grain asks for 1 (it logs an error for other sizes; `prepared` silences that for
+# its own shards) because a random read decodes its whole chunk. Measured (docs/data.md, benchmarks/data.py): the
+# chunk index has one entry per chunk, so opening a 100k-record shard -- paid at start-up for every shard the first
+# batch touches -- takes 5.2 ms at 1 and 0.8 ms at 8, and start-up from 10k to 1M samples grew 2.0x at 1 and
+# <1.5x at 8; a random read of a stage-1 sample (~8 KB) costs 61 us at 1 and 80 us at 8, against ~1 ms of
+# tokenizing it; small records read faster at 8 (42 vs 209 us) and shards shrink 1.1-2x (zstd across records).
+DEFAULT_GROUP_SIZE = 8
 PLAN = "plan.json"
 
 
@@ -105,16 +112,12 @@ def shard_names(num_samples: int, records_per_shard: int) -> list[str]:
     return [f"data-{k:05d}-of-{n:05d}.array_record" for k in range(n)]
 
 
-def _write_shard(path: Path, records: Sequence[bytes]) -> None:
+def _write_shard(path: Path, records: Sequence[bytes], group_size: int = DEFAULT_GROUP_SIZE) -> None:
     """Whole shard or nothing: temporary name, fsync, rename."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     tmp = path.with_name(f".{path.name}.tmp")
-    # group_size 1 (every record its own chunk) as Grain requires (it logs an error for any other size). Its cost:
-    # the chunk index has an entry per record, so opening a 100k-record shard reads ~1 MB of index (5-16 ms),
-    # paid by start-up for each shard the first batch touches. group_size 16 measured 10x faster opens and
-    # 2.6x smaller shards (benchmarks/data.py; docs/data.md), but Grain does not support it.
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    writer = ArrayRecordWriter(str(tmp), f"group_size:{group_size}")
     for record in records:
         writer.write(record)
     writer.close()
@@ -124,9 +127,11 @@ def _write_shard(path: Path, records: Sequence[bytes]) -> None:
 
 
 def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid: bool = False,
-                    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+                    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest."""
+    if group_size < 1:
+        raise ValueError(f"group_size {group_size}: need >= 1 records per ArrayRecord chunk")
     from qzhou_jax.data.pipeline import load_samples
 
     folder = out / spec.name
@@ -141,14 +146,16 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     names = shard_names(len(records), records_per_shard)
 
     folder.mkdir(parents=True, exist_ok=True)
-    plan = {"samples_sha256": fingerprint, "num_samples": len(records), "shards": names}
+    plan = {"samples_sha256": fingerprint, "num_samples": len(records), "shards": names, "group_size": group_size}
     for existing in (folder / prepared.MANIFEST, folder / PLAN):
         if existing.is_file():
             old = json.loads(existing.read_text(encoding="utf-8"))
             old_fp = old.get("samples_sha256")
-            if old_fp != fingerprint or old.get("shards") != names:
+            old_group = old.get("group_size", 1)  # written before group_size was recorded: 1
+            if old_fp != fingerprint or old.get("shards") != names or old_group != group_size:
                 raise ValueError(f"{folder}: already holds a prepared {spec.name!r} made from other samples "
-                                 f"(sha256 {str(old_fp)[:12]} vs {fingerprint[:12]}, or another shard size); "
+                                 f"(sha256 {str(old_fp)[:12]} vs {fingerprint[:12]}), another shard size or "
+                                 f"another group size ({old_group} vs {group_size}); "
                                  f"remove the folder to prepare it again")
     if (folder / prepared.MANIFEST).is_file():
         log(f"{spec.name}: already prepared ({len(records)} samples), skipped")
@@ -159,7 +166,7 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     for k, name in enumerate(names):
         if (folder / name).is_file():
             continue  # a finished shard of an interrupted run: same samples, so same bytes
-        _write_shard(folder / name, records[k * records_per_shard:(k + 1) * records_per_shard])
+        _write_shard(folder / name, records[k * records_per_shard:(k + 1) * records_per_shard], group_size)
         written += 1
         if written % 10 == 0 or k == len(names) - 1:
             elapsed = max(time.time() - t0, 1e-9)
@@ -167,7 +174,7 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
                 f"ETA {elapsed / (k + 1) * (len(names) - k - 1):.0f}s")
     manifest: dict[str, Any] = {
         "format_version": prepared.FORMAT_VERSION, "name": spec.name, "num_samples": len(records),
-        "task": spec.task, "shards": names,
+        "task": spec.task, "shards": names, "group_size": group_size,
         "shard_records": [len(records[k * records_per_shard:(k + 1) * records_per_shard]) for k in range(len(names))],
         "samples_sha256": fingerprint,
         "spec": {k: v for k, v in dataclasses.asdict(spec).items()},
@@ -193,13 +200,14 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
 
 
 def _prepare_one(args, log: Callable[[str], None] = print) -> dict[str, Any]:  # module-level: runs in workers
-    spec_fields, out, seed, skip_invalid, records_per_shard = args
+    spec_fields, out, seed, skip_invalid, records_per_shard, group_size = args
     return prepare_dataset(DatasetSpec(**spec_fields), Path(out), seed=seed, skip_invalid=skip_invalid,
-                           records_per_shard=records_per_shard, log=log)
+                           records_per_shard=records_per_shard, group_size=group_size, log=log)
 
 
 def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
-            records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, log: Callable[[str], None] = print) -> dict:
+            records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
+            log: Callable[[str], None] = print) -> dict:
     """Prepares this shard's datasets; returns {name: manifest} of those, and writes OUT/manifest.json once every
     dataset of the config is done."""
     config = DataConfig.from_config(data_config)
@@ -209,7 +217,8 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mine = [s for i, s in enumerate(config.datasets) if i % count == index]
-    jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, records_per_shard) for s in mine]
+    jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, records_per_shard, group_size)
+            for s in mine]
     t0 = time.time()
     if workers > 1 and len(jobs) > 1:
         # spawn: a clean interpreter per worker (no forked threads or locks)
@@ -253,10 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=_shard_arg, default=(0, 1), help="I/N: this host's share of the datasets")
     parser.add_argument("--workers", type=int, default=1, help="datasets prepared in parallel processes")
     parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+    parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                        help="records per ArrayRecord chunk (1 = Grain's advice; see docs/data.md)")
     args, cfg = parse_config_args(parser, argv)
     data = data_block(cfg)
     prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
-            log=lambda msg: print(msg, flush=True))
+            group_size=args.group_size, log=lambda msg: print(msg, flush=True))
     return 0
 
 

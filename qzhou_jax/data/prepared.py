@@ -8,10 +8,12 @@ Layout of one prepared dataset folder DIR/name:
 `PreparedSamples(folder)` is a read-only sequence: len() comes from the manifest and item i is one random-access
 read of record i, so opening a dataset costs the same for 10k and 1M samples and a host only ever reads the
 records of its own slice. `BothDirections` and `Subset` are lazy views for what the in-memory path materialises.
+Shards hold `group_size` records per chunk (the manifest says how many; 1 in manifests that do not say).
 """
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +52,25 @@ def training_defaults(folder: str | Path) -> dict[str, Any]:
     return {k: spec[k] for k in TRAINING_FIELDS if k in spec}
 
 
+class _GroupSizeAdvisoryFilter(logging.Filter):
+    """Drops Grain's "Grain requires group size 1" error for the shards `prepare` wrote with a larger group on
+    purpose (the measured trade-off is at prepare.DEFAULT_GROUP_SIZE), and only for those files: any other
+    ArrayRecord file still gets the advice. The choice is logged once per dataset instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.paths: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "requires group size 1" not in str(record.msg) or not record.args:
+            return True
+        return str(record.args[0]) not in self.paths
+
+
+_ADVISORY = _GroupSizeAdvisoryFilter()
+logging.getLogger("absl").addFilter(_ADVISORY)  # Grain logs through absl, whose records go to the "absl" logger
+
+
 class PreparedSamples(Sequence):
     """Samples of a prepared dataset, decoded on access. `reads` counts records read (tests check laziness)."""
 
@@ -74,6 +95,12 @@ class PreparedSamples(Sequence):
             # bare paths it opens every shard once just to count its records, which made start-up grow with the
             # number of shards).
             self._paths = [f"{path}[0:{n}]" for path, n in zip(self._paths, counts)]
+        self.group_size = int(self.manifest.get("group_size", 1))
+        self._register_group_size()
+        if self.group_size > 1:
+            logging.getLogger(__name__).info(
+                "%s: shards hold %d records per chunk (faster start-up; Grain's group-size-1 advice does not "
+                "apply, see docs/data.md)", self.folder, self.group_size)
         self._source = grain.sources.ArrayRecordDataSource(self._paths)
         if len(self._source) != self._len:
             raise DataError(str(self.folder), f"shards hold {len(self._source)} records, the manifest says {self._len}")
@@ -112,6 +139,11 @@ class PreparedSamples(Sequence):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._register_group_size()  # a Grain worker process has its own logging
+
+    def _register_group_size(self) -> None:
+        if self.group_size > 1:
+            _ADVISORY.paths.update(str(self.folder / name) for name in self.manifest["shards"])
 
 
 class Subset(Sequence):

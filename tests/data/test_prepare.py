@@ -109,9 +109,9 @@ SLOW_PREPARE = """
 import sys, time
 import qzhou_jax.data.prepare as p
 write = p._write_shard
-def slow(path, records):
+def slow(*args):
     time.sleep(0.3)
-    write(path, records)
+    write(*args)
 p._write_shard = slow
 sys.exit(p.main(sys.argv[1:]))
 """
@@ -229,3 +229,40 @@ def test_opening_a_prepared_dataset_opens_no_shard_until_its_records_are_read(tm
     (tmp_path / "out" / "ret" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="shard_records"):
         prepared.PreparedSamples(tmp_path / "out" / "ret")
+
+
+def test_group_size_is_recorded_and_grains_advisory_is_silenced_for_prepared_shards_only(
+        tmp_path, write_jsonl, caplog):
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    grouped = prepare(config, tmp_path / "g4", records_per_shard=16, group_size=4, log=lambda _: None)
+    single = prepare(config, tmp_path / "g1", records_per_shard=16, group_size=1, log=lambda _: None)
+    folder = tmp_path / "g4" / "ret"
+    assert grouped["ret"]["group_size"] == 4 and single["ret"]["group_size"] == 1
+    first = ArrayRecordReader(str(folder / grouped["ret"]["shards"][0]))
+    assert "group_size:4," in first.writer_options_string()  # really written with the recorded group size
+    first.close()
+    with caplog.at_level("INFO"):
+        a, b = prepared.PreparedSamples(folder), prepared.PreparedSamples(tmp_path / "g1" / "ret")
+        n = len(a)
+        assert [a[i] for i in range(n)] == [b[i] for i in range(n)]  # same samples either way
+    assert not [r for r in caplog.records if "requires group size 1" in r.getMessage()]
+    assert any("4 records per chunk" in r.getMessage() for r in caplog.records)  # the choice is said once instead
+
+    other = tmp_path / "other.array_record"  # not a prepared shard: Grain's advice still reaches the user
+    writer = ArrayRecordWriter(str(other), "group_size:4")
+    writer.write(b"x")
+    writer.close()
+    caplog.clear()
+    assert grain.sources.ArrayRecordDataSource([str(other)])[0] == b"x"
+    assert [r for r in caplog.records if "requires group size 1" in r.getMessage()]
+
+    with pytest.raises(ValueError, match=r"another group size \(4 vs 8\)"):  # a rerun must not mix chunkings
+        prepare(config, tmp_path / "g4", records_per_shard=16, group_size=8, log=lambda _: None)
+
+    manifest = json.loads((folder / "manifest.json").read_text())  # written before group_size was recorded
+    del manifest["group_size"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert prepared.PreparedSamples(folder).group_size == 1 and prepared.PreparedSamples(folder)[3] == b[3]
