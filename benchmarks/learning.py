@@ -24,7 +24,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from qzhou_jax import losses, model as qmodel, optim  # noqa: E402
@@ -77,8 +76,8 @@ def train_cosent(embed, params, tokenizer, pairs, *, prompt, tau, lr, steps, max
     @jax.jit
     def step(p, opt_state, *batch_arrays):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, *batch_arrays)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, metrics
+        p, opt_state = optim.apply_gradients(tx, grads, opt_state, p)
+        return p, opt_state, metrics
 
     opt_state = tx.init(params)
     rng = np.random.default_rng(seed)

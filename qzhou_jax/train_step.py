@@ -240,8 +240,7 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
                                                         gradcache_chunks)
     else:
         loss, metrics, grads = plain_loss_and_grads(state.params, config, loss_config, task, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
     consecutive, total = optim.nonfinite_counts(opt_state)
     anchor_tokens, cand_tokens = batch.count_tokens()
     metrics = dict(metrics)

@@ -9,7 +9,6 @@ real_small's stage 2 sat on. Learning is the loss going below that plateau while
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from scipy.stats import spearmanr
 
@@ -50,8 +49,8 @@ def train_cosent(loss_config, optim_cfg, steps=STEPS):
     @jax.jit
     def step(p, opt_state, a, b, gold):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, a, b, gold)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, metrics
+        p, opt_state = optim.apply_gradients(tx, grads, opt_state, p)
+        return p, opt_state, metrics
 
     def spearman(p):
         cos = np.sum(np.asarray(embed(p, test_a)) * np.asarray(embed(p, test_b)), axis=1)
