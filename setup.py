@@ -21,6 +21,7 @@ RUNTIME = [
     "pyarrow>=15",
     "openai>=1.40",      # synthesis: AsyncOpenAI against any OpenAI-compatible chat-completions server
     "rapidfuzz>=3",      # synthesis: token-level Levenshtein for the paraphrase / near-duplicate checks
+    "datasketch>=1.6",   # synthesis: MinHash signatures for near-duplicate rows across an output
 ]
 
 setup(

@@ -2,7 +2,7 @@
 
 Each shard's rows are in input order and carry `source_index`; a stable sort on it interleaves the shards back
 into input order, and the same first-occurrence de-duplication as a single run (run.dedup_rows) drops duplicates
-that only meet across shards. Summaries are summed field by field; every shard 0..N-1 must be present once.
+that only meet across shards; near-duplicates (near_dups), which shards leave alone, are dropped here over all rows. Summaries are summed field by field; every shard 0..N-1 must be present once.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qzhou_jax.data.sources import read_jsonl
-from qzhou_jax.synthesis import run as synth_run
+from qzhou_jax.synthesis import near_dups, run as synth_run
 from qzhou_jax.synthesis.cache import write_atomic
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def merge(shard_outputs: Sequence[str], output: str, summary: str | None = None)
             raise ValueError(f"row {i} of the shard outputs has no integer 'source_index'")
     rows.sort(key=lambda r: r["source_index"])  # stable: rows of one item keep their order
     rows, duplicates = synth_run.dedup_rows(rows)
+    rows, near = near_dups.drop_near_duplicates(rows)
     merged = merge_summaries(summaries)
     merged["duplicates_dropped"] = merged.get("duplicates_dropped", 0) + duplicates
+    merged["near_duplicates_dropped"] = near
     merged["rows_written"] = len(rows)
     merged["output"] = output
     synth_run.write_rows(output, rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qzhou_jax.data.formats import get_optional_text, get_text, get_text_list
 from qzhou_jax.data.sources import read_jsonl
-from qzhou_jax.synthesis import decontam, generators, prompts
+from qzhou_jax.synthesis import decontam, generators, near_dups, prompts
 from qzhou_jax.synthesis.cache import Journal, request_key, write_atomic
 from qzhou_jax.synthesis.client import AuthError, BudgetExhausted, ChatClient, RequestFailed, parse_json_object
 
@@ -205,16 +205,22 @@ async def generate(cfg: SynthesisConfig, items: list[generators.Item], client: C
     return outcomes, counters, unfinished, (stop[0] if stop else None)
 
 
-def assemble(items, outcomes, gen_name: str, model: str, d: decontam.Decontaminator | None):
+def assemble(items, outcomes, gen_name: str, model: str, d: decontam.Decontaminator | None,
+             near_duplicates: bool = True):
     """Rows in input order; exact duplicates (generators.row_key) after their first occurrence dropped, then
-    contaminated rows dropped. -> (rows, duplicates, decontaminated counts)."""
+    contaminated rows, then (unless `near_duplicates` is False: a shard of a sharded run, whose merge does it)
+    near-duplicates of earlier rows (near_dups). -> (rows, duplicates, decontaminated counts, near-duplicates
+    dropped or None when left to the merge)."""
     gen = generators.get(gen_name)
     rows = [row for item in items if item.index in outcomes for row in gen.rows(item, outcomes[item.index], model)]
     rows, duplicates = dedup_rows(rows)
     contaminated: dict[str, int] = {}
     if d:
         rows = decontam.filter_rows(rows, d, contaminated)
-    return rows, duplicates, contaminated
+    near = None
+    if near_duplicates:
+        rows, near = near_dups.drop_near_duplicates(rows)
+    return rows, duplicates, contaminated, near
 
 
 def dedup_rows(rows: list[dict]) -> tuple[list[dict], int]:
@@ -274,7 +280,8 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
         (outcomes, counters, unfinished, stopped), client = asyncio.run(main())
     finally:
         journal.close()
-    rows, duplicates, contaminated = assemble(items, outcomes, cfg.generator, cfg.model, decontaminator)
+    rows, duplicates, contaminated, near = assemble(items, outcomes, cfg.generator, cfg.model, decontaminator,
+                                                    near_duplicates=shard[1] == 1)
     complete = stopped is None and unfinished == 0 and not counters.failed
     summary = {
         "generator": cfg.generator, "model": cfg.model, "input": cfg.input, "output": cfg.output,
@@ -289,7 +296,8 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
         "structured_output": client.structured,
         "tokens": {"prompt": counters.prompt_tokens, "completion": counters.completion_tokens},
         "accepted": counters.accepted, "rejected": dict(sorted(counters.rejected.items())),
-        "duplicates_dropped": duplicates, "decontaminated": contaminated, "rows_written": len(rows),
+        "duplicates_dropped": duplicates, "near_duplicates_dropped": near,  # None: left to `merge`
+        "decontaminated": contaminated, "rows_written": len(rows),
         "elapsed_s": round(time.time() - start, 3),
     }
     write_rows(cfg.output, rows)

@@ -186,6 +186,35 @@ def test_shards_merge_to_the_unsharded_output(tmp_path):
         merge([str(tmp_path / "s0.jsonl"), str(tmp_path / "s1.jsonl")], str(tmp_path / "bad.jsonl"))
 
 
+def test_near_duplicates_across_items_dropped_once_whether_sharded_or_not(tmp_path):
+    """Two items get rewrites that differ in one token of each field: near-duplicate rows from different items
+    (and, at 3 shards, different shards). The single run drops the later one; shards leave it to the merge, which
+    gives the single run's bytes and count."""
+    twin = (EN[0][0].replace("person", "woman"), EN[0][1].replace("Neil Armstrong", "Sally Ride"))
+    write_input(tmp_path / "in.jsonl", [EN[0], EN[1], twin] + ZH)
+    query = "in which year did humans first step onto the moon"
+    positive = " ".join("k" + t for t in checks.tokens(EN[0][1]))
+
+    def script(req, i):
+        original = original_texts(req)[0]
+        if original == EN[0][0]:
+            return Reply(payload={"rewrites": [{"query": query, "positive": positive}]})
+        if original == twin[0]:
+            return Reply(payload={"rewrites": [{"query": query.replace("humans", "people"),
+                                                "positive": positive.replace("kneil", "kneal")}]})
+        return None
+    with ScriptedServer(script) as server:
+        whole = run(config(tmp_path, server, name="whole", n=1), decontam.Decontaminator())
+        shards = [run(config(tmp_path, server, name=f"s{i}", shard=f"{i}/3", n=1), decontam.Decontaminator())
+                  for i in range(3)]
+    assert whole["complete"] and whole["near_duplicates_dropped"] == 1 and whole["duplicates_dropped"] == 0
+    assert [r["source_index"] for r in rows_of(tmp_path / "whole.jsonl")] == [0, 1, 3, 4]
+    assert all(s["near_duplicates_dropped"] is None for s in shards)  # left to the merge
+    merged = merge([str(tmp_path / f"s{i}.jsonl") for i in range(3)], str(tmp_path / "merged.jsonl"))
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert merged["near_duplicates_dropped"] == 1 and merged["rows_written"] == whole["rows_written"]
+
+
 def test_decontamination_counted(tmp_path):
     write_input(tmp_path / "in.jsonl", EN)
     eval_file = tmp_path / "eval.txt"
