@@ -2,8 +2,9 @@
 
 One persistent XLA compilation cache per test session, inherited by the trainer subprocesses the fault-tolerance
 tests start: a killed run, its resume and the uninterrupted reference compile the same step, and compiling it once
-instead of three times is most of those tests' time. Executables come from the cache unchanged, so bit-exact
-comparisons between runs keep their meaning. QZ_TEST_COMPILE_CACHE=0 turns it off.
+instead of three times is most of those tests' time; every program is cached, however fast it compiles.
+Executables come from the cache unchanged, so bit-exact comparisons between runs keep their meaning.
+QZ_TEST_COMPILE_CACHE=0 turns it off.
 """
 import atexit
 import os
@@ -24,6 +25,10 @@ if os.environ.get("QZ_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_CACH
     _cache = tempfile.mkdtemp(prefix="qzhou-jax-test-xla-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    # Every program, not only those over JAX's default 1 s of compile time: a demo run compiles ~90 small ones
+    # (13 s per process, and in-process tests rebuild the same programs under fresh jit wrappers).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
