@@ -31,18 +31,19 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = _cli(straight, "--config.train.steps=20")
+    steps = ["--config.train.steps=10", "--config.checkpoint.every=3"]
+    done = _cli(straight, *steps)
     assert done.returncode == 0, done.stderr[-3000:]
-    crash = _cli(killed, "--config.train.steps=20", crash_after_step=12)
-    assert crash.returncode == 17, crash.stderr[-3000:]  # died without any shutdown after step 12
-    assert sorted(checkpoint_steps(killed)) == [5, 10]
-    resumed = _cli(killed, "--config.train.steps=20")
+    crash = _cli(killed, *steps, crash_after_step=8)
+    assert crash.returncode == 17, crash.stderr[-3000:]  # died without any shutdown after step 8
+    assert sorted(checkpoint_steps(killed)) == [3, 6]
+    resumed = _cli(killed, *steps)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from checkpoint step 10" in resumed.stdout
+    assert "resuming from checkpoint step 6" in resumed.stdout
 
     a, b = _losses(straight), _losses(killed)
-    assert sorted(b) == list(range(1, 21))  # rows 11-12 of the crashed run were replaced, not duplicated
-    np.testing.assert_array_equal([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)])
+    assert sorted(b) == list(range(1, 11))  # rows 7-8 of the crashed run were replaced, not duplicated
+    np.testing.assert_array_equal([a[s] for s in range(1, 11)], [b[s] for s in range(1, 11)])
     pa, _, _ = checkpoint.restore_params(str(straight))
     pb, _, _ = checkpoint.restore_params(str(killed))
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
