@@ -245,7 +245,7 @@ def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfi
     anchor_tokens, cand_tokens = batch.count_tokens()
     metrics = dict(metrics)
     metrics.update(
-        loss=loss, grad_norm=optax.global_norm(grads), learning_rate=optim.applied_learning_rate(schedule, state.opt_state),
+        loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=optim.applied_learning_rate(schedule, state.opt_state),
         nonfinite_consecutive=consecutive, nonfinite_total=total,
         tokens=anchor_tokens + cand_tokens, anchor_tokens=anchor_tokens, cand_tokens=cand_tokens,
         examples=jnp.asarray(batch.size))

@@ -120,4 +120,4 @@ def test_clip_by_global_norm_is_optax_s_clip():
         theirs = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())[0]
         for k in g:
             np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6)
-        assert float(optax.global_norm(ours)) <= 1.0 + 1e-6
+        assert float(optax.tree.norm(ours)) <= 1.0 + 1e-6

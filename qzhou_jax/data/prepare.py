@@ -44,11 +44,9 @@ from qzhou_jax.data.spec import DataConfig, DatasetSpec
 
 DEFAULT_RECORDS_PER_SHARD = 100_000
 # Records per ArrayRecord chunk. Grain asks for 1 (it logs an error for other sizes; `prepared` silences that for
-# its own shards) because a random read decodes its whole chunk. Measured (docs/data.md, benchmarks/data.py): the
-# chunk index has one entry per chunk, so opening a 100k-record shard -- paid at start-up for every shard the first
-# batch touches -- takes 5.2 ms at 1 and 0.8 ms at 8, and start-up from 10k to 1M samples grew 2.0x at 1 and
-# <1.5x at 8; a random read of a stage-1 sample (~8 KB) costs 61 us at 1 and 80 us at 8, against ~1 ms of
-# tokenizing it; small records read faster at 8 (42 vs 209 us) and shards shrink 1.1-2x (zstd across records).
+# its own shards) because a random read decodes its whole chunk. But the chunk index, read when a shard is first
+# opened (for every shard the first batch touches), has one entry per chunk: at 8, start-up stays flat from 10k
+# to 1M samples (it grew 3.3x at 1) for ~20 us more per stage-1-sized read. Figures per group size: docs/data.md.
 DEFAULT_GROUP_SIZE = 8
 PLAN = "plan.json"
 
@@ -265,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
                         help="records per ArrayRecord chunk (1 = Grain's advice; see docs/data.md)")
     args, cfg = parse_config_args(parser, argv)
+    if args.group_size < 1:
+        parser.error(f"--group-size {args.group_size}: need at least 1 record per chunk")
     data = data_block(cfg)
     prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
             group_size=args.group_size, log=lambda msg: print(msg, flush=True))

@@ -2,7 +2,8 @@
 
 Each shard's rows are in input order and carry `source_index`; a stable sort on it interleaves the shards back
 into input order, and the same first-occurrence de-duplication as a single run (run.dedup_rows) drops duplicates
-that only meet across shards; near-duplicates (near_dups), which shards leave alone, are dropped here over all rows. Summaries are summed field by field; every shard 0..N-1 must be present once.
+that only meet across shards; near-duplicates (near_dups), which shards leave alone, are dropped here over all
+rows. Summaries are summed field by field; every shard 0..N-1 must be present once.
 """
 from __future__ import annotations
 

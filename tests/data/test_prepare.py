@@ -266,3 +266,14 @@ def test_group_size_is_recorded_and_grains_advisory_is_silenced_for_prepared_sha
     del manifest["group_size"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert prepared.PreparedSamples(folder).group_size == 1 and prepared.PreparedSamples(folder)[3] == b[3]
+
+
+def test_group_size_below_one_is_a_usage_error_naming_the_flag(tmp_path, write_jsonl, capsys):
+    from qzhou_jax.data.prepare import main
+
+    write_inputs(tmp_path, write_jsonl)
+    cfg = write_config_file(tmp_path, in_memory_config(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(cfg), "--out", str(tmp_path / "out"), "--group-size", "0"])
+    assert exit_info.value.code == 2 and "--group-size 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
