@@ -188,7 +188,9 @@ def model_config_to_dict(config: ModelConfig) -> dict:
 
 
 def model_config_from_dict(raw: dict) -> ModelConfig:
-    return ModelConfig(**raw)
+    """The saved model config, as a model: partial fine-tuning's frozen_layers is a training choice, not part of
+    the network, so a restored model runs whole (export, evaluation, mining, the next stage)."""
+    return ModelConfig(**{**raw, "frozen_layers": 0})
 
 
 def restore_params(workdir: str, step: int | None = None, shardings=None) -> tuple[Any, ModelConfig, dict]:

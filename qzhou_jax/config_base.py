@@ -27,6 +27,7 @@ MODEL = dict(
     remat_policy="full",  # none | full | dots | dots_no_batch
     scan_layers=True,
     attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
+    trainable="all",      # all | top:N (partial fine-tuning: top N layers + final norm; embedding frozen)
 )
 # Checked against losses.LossConfig's defaults by tests/test_config_base.py.
 LOSS = dict(

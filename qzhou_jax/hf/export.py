@@ -35,6 +35,7 @@ from safetensors.numpy import save_file
 
 from qzhou_jax.hf import mapping
 from qzhou_jax.model.config import ModelConfig
+from qzhou_jax.hf.tokenizer_files import save_tokenizer
 from qzhou_jax.tokenizer import PromptConfig, check_vocab, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ MODELING_FILE = "modeling_qzhou.py"
 MODEL_CLASS = "QZhouEmbeddingModel"
 PROMPT_FILE = "qzhou_prompt.json"
 SOURCE_FILE = "qzhou_export.json"  # what was exported: workdir and checkpoint step (or the HF source)
-# A class every transformers release knows (5.x calls its own "TokenizersBackend", which 4.x cannot load); both read
-# tokenizer.json as it is.
-PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 # sentence-transformers' `query` prompt, which `encode_query()` (and `prompt_name="query"`) applies: chosen to be the
 # retrieval instruction of QZhou-Embedding's model card, since retrieval is what encode_query/encode_document are
@@ -195,9 +193,13 @@ def write_weights(params, config: ModelConfig, out_dir: str | os.PathLike, *, dt
 # --------------------------------------------------------------------------------------------------- metadata
 
 
-def hf_config(config: ModelConfig, dtype: str) -> dict:
-    """config.json: the Qwen2 config (marked bidirectional by `to_hf`) plus the remote-code class."""
+def hf_config(config: ModelConfig, dtype: str, tokenizer=None) -> dict:
+    """config.json: the Qwen2 config (marked bidirectional by `to_hf`) plus the remote-code class; the special token
+    ids are the exported tokenizer's (an imported base has its own, e.g. SmolLM2's eos 2, pad 0)."""
     hf = config.to_hf(dtype)
+    if tokenizer is not None:
+        hf.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
     hf["dtype"] = dtype  # transformers 5 reads `dtype`; 4.x reads `torch_dtype` (kept by to_hf)
     hf["rope_parameters"] = {"rope_type": "default", "rope_theta": config.rope_theta}
     hf["use_cache"] = False
@@ -319,10 +321,9 @@ def export_hf(params, config: ModelConfig, out_dir: str | os.PathLike, *, tokeni
 
 def _write_metadata(out_dir: Path, config: ModelConfig, tokenizer, dtype: str, prompt: PromptConfig,
                     max_seq_length: int, query_instruction: str) -> None:
-    _write_json(out_dir / "config.json", hf_config(config, dtype))
+    _write_json(out_dir / "config.json", hf_config(config, dtype, tokenizer))
     shutil.copyfile(Path(__file__).with_name(MODELING_FILE), out_dir / MODELING_FILE)
-    tokenizer.save_pretrained(str(out_dir))
-    _make_tokenizer_config_portable(out_dir / "tokenizer_config.json")
+    save_tokenizer(tokenizer, out_dir)
     length = min(max_seq_length, config.max_position_embeddings)
     files = sentence_transformers_files(config, max_seq_length=length, prompt=prompt,
                                         query_instruction=query_instruction)
@@ -331,18 +332,6 @@ def _write_metadata(out_dir: Path, config: ModelConfig, tokenizer, dtype: str, p
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
     (out_dir / "README.md").write_text(_readme(config, prompt, query_instruction))
     log.info("exported %s (%s, %d layers, hidden %d)", out_dir, dtype, config.num_layers, config.hidden_size)
-
-
-def _make_tokenizer_config_portable(path: Path) -> None:
-    """tokenizer_config.json loadable by transformers 4.x and 5.x: a class name both know, and the list of extra
-    special tokens under 4.x's key (4.x reads `extra_special_tokens` as a name -> token dict)."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
-    extra = config.get("extra_special_tokens")
-    if isinstance(extra, list):
-        config.pop("extra_special_tokens")
-        config["additional_special_tokens"] = extra
-    _write_json(path, config)
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:

@@ -41,6 +41,9 @@ class ModelConfig:
     remat_policy: str = "none"
     # Attention kernel (model/attention.py): auto | xla | cudnn | splash; auto picks by platform.
     attention_impl: str = "auto"
+    # Partial fine-tuning: the embedding and the bottom `frozen_layers` layers get no gradient and no update
+    # (model.trainable = "top:N" sets L - N). A training choice: restored models run with 0.
+    frozen_layers: int = 0
 
     def __post_init__(self):
         if self.attention not in ATTENTION_MODES:
@@ -51,6 +54,8 @@ class ModelConfig:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if not 0 <= self.frozen_layers < max(self.num_layers, 1):
+            raise ValueError(f"frozen_layers must be in [0, {self.num_layers}), got {self.frozen_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 
@@ -148,6 +153,17 @@ PRESETS: dict[str, ModelConfig] = {
     "demo": ModelConfig(vocab_size=151665, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=2048),
 }
+
+
+def frozen_layers_for(trainable: str, num_layers: int) -> int:
+    """model.trainable -> ModelConfig.frozen_layers: "all" -> 0; "top:N" -> num_layers - N (the top N layers and
+    the final norm train; the embedding and the layers below are frozen)."""
+    if trainable in ("", "all"):
+        return 0
+    kind, _, count = trainable.partition(":")
+    if kind != "top" or not count.isdigit() or not 1 <= int(count) <= num_layers:
+        raise ValueError(f"trainable must be 'all' or 'top:N' with 1 <= N <= {num_layers} layers, got {trainable!r}")
+    return num_layers - int(count)
 
 
 def preset(name: str, **overrides) -> ModelConfig:

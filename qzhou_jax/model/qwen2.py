@@ -184,35 +184,48 @@ class DecoderLayer(nn.Module):
 
 
 class Qwen2Encoder(nn.Module):
-    """input ids [B, L] (+ attention mask or segment ids) -> final hidden states [B, L, D] (after the last norm)."""
+    """input ids [B, L] (+ attention mask or segment ids) -> final hidden states [B, L, D] (after the last norm).
+
+    `start` / `stop` / `embed_inputs` / `final_norm` run a slice of the network on a matching slice of the params
+    (model.hidden_states uses them for partial fine-tuning: the frozen bottom under stop_gradient, then the
+    trained top): layers [start, stop) (stop None: all), from token ids (embed_inputs) or from hidden states.
+    """
     config: ModelConfig
+    start: int = 0
+    stop: int | None = None
+    embed_inputs: bool = True
+    final_norm: bool = True
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, segment_ids=None):
+    def __call__(self, inputs, attention_mask=None, segment_ids=None):
         cfg = self.config
         if segment_ids is None:
             if attention_mask is None:
-                attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+                attention_mask = jnp.ones(inputs.shape[:2], jnp.int32)
             segment_ids = masks.segment_ids_from_mask(attention_mask)
         positions = masks.positions_from_segments(segment_ids)
 
-        embedding = self.param(
-            "embedding", nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
-                                                      ("vocab", "embed")),
-            (cfg.vocab_size, cfg.hidden_size), _dtype(cfg.param_dtype))
-        x = jnp.take(embedding, input_ids, axis=0).astype(_dtype(cfg.dtype))
+        if self.embed_inputs:
+            embedding = self.param(
+                "embedding", nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
+                                                          ("vocab", "embed")),
+                (cfg.vocab_size, cfg.hidden_size), _dtype(cfg.param_dtype))
+            x = jnp.take(embedding, inputs, axis=0).astype(_dtype(cfg.dtype))
+        else:
+            x = inputs.astype(_dtype(cfg.dtype))
         x = _constrain(x, ("batch", "length", "embed"))
 
+        stop = cfg.num_layers if self.stop is None else self.stop
         layer_cls = DecoderLayer
         if cfg.remat_policy != "none":
             layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
                                  prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
+        if cfg.scan_layers and stop > self.start:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                            in_axes=(nn.broadcast, nn.broadcast), length=stop - self.start,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
-        else:
-            for i in range(cfg.num_layers):
+        elif not cfg.scan_layers:
+            for i in range(self.start, stop):
                 x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
-        return RMSNorm(cfg, name="norm")(x)
+        return RMSNorm(cfg, name="norm")(x) if self.final_norm else x
