@@ -41,7 +41,7 @@ def from_workdir(workdir: str, step: int | None):
     else:
         log.info("%s: exporting checkpoint step %d", workdir, exported)
     source = {"workdir": os.path.abspath(workdir), "step": exported, "skipped_unreadable_steps": skipped}
-    return params, config, run_meta.prompt_from_meta(meta), run_meta.tokenizer_from_meta(meta), source
+    return params, config, run_meta.prompt_from_meta(meta), run_meta.tokenizer_from_meta(meta, workdir), source
 
 
 def from_hf(model_dir: str, dtype: str):

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 from qzhou_jax.tokenizer import PromptConfig
 
+TOKENIZER_DIR = "tokenizer"  # a training workdir's copy of its tokenizer (train.py writes it)
+
 
 def prompt_config(cfg: Mapping) -> PromptConfig:
     """The query prompt the training data used: data/tokenize.py formats with PromptConfig's template and
@@ -29,11 +31,13 @@ def tokenizer_source(cfg: Mapping) -> str | None:
     return model.get("tokenizer") or model.get("hf_dir") or None
 
 
-def run_metadata(cfg: Mapping) -> dict[str, Any]:
-    """Keys for the checkpoint meta: {"prompt": {query_template, sep}, "tokenizer": dir or None}."""
+def run_metadata(cfg: Mapping, tokenizer_dir: str | None = None) -> dict[str, Any]:
+    """Keys for the checkpoint meta: {"prompt": {query_template, sep}, "tokenizer": dir or None}. `tokenizer_dir`:
+    the copy the run saved in its workdir (train.py), else the configured source."""
     prompt = prompt_config(cfg)
+    source = tokenizer_dir or tokenizer_source(cfg)
     return {"prompt": {"query_template": prompt.query_template, "sep": prompt.sep},
-            "tokenizer": tokenizer_source(cfg)}
+            "tokenizer": os.path.abspath(source) if source else None}
 
 
 def prompt_from_meta(meta: Mapping | None) -> PromptConfig:
@@ -48,7 +52,11 @@ def prompt_from_meta(meta: Mapping | None) -> PromptConfig:
     return prompt_config(meta.get("config") or {})
 
 
-def tokenizer_from_meta(meta: Mapping | None) -> str | None:
+def tokenizer_from_meta(meta: Mapping | None, workdir: str | None = None) -> str | None:
+    """The run's tokenizer directory: the copy in `workdir` (train.py saves one there, so a moved or copied
+    workdir keeps it), else the one the checkpoint recorded; None: the built-in Qwen2.5 tokenizer."""
+    if workdir and os.path.isfile(os.path.join(workdir, TOKENIZER_DIR, "tokenizer.json")):
+        return os.path.join(workdir, TOKENIZER_DIR)
     meta = meta or {}
     if "tokenizer" in meta:
         return meta["tokenizer"] or None

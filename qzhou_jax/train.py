@@ -29,6 +29,7 @@ from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.model.config import frozen_layers_for
+from qzhou_jax import run_meta
 from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn,
@@ -208,6 +209,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     # ---- data: Grain mixture, one dataset per global batch, this host's slice
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
     check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
+    tokenizer_dir = _keep_tokenizer(tokenizer, workdir)
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count(),
                                                  row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)))
@@ -241,7 +243,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
         state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
-            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg)}
+            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg, tokenizer_dir)}
 
     writer = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step)
@@ -313,6 +315,18 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     finally:
         stop.restore()
         writer.close()
+
+
+def _keep_tokenizer(tokenizer, workdir: str) -> str:
+    """A copy of the run's tokenizer in its workdir, which the checkpoints record: export, evaluation and mining of
+    the run then need neither the base model's directory nor the built-in Qwen2.5 tokenizer."""
+    path = os.path.join(workdir, run_meta.TOKENIZER_DIR)
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
+        from qzhou_jax.hf.tokenizer_files import save_tokenizer
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_tokenizer(tokenizer, tmp)
+        os.replace(tmp, path)
+    return path
 
 
 def _wait(manager) -> None:

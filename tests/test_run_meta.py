@@ -109,3 +109,11 @@ def test_export_of_a_multi_stage_workdir_takes_the_last_stage(trained, tmp_path)
     assert record["workdir"] == str(workdir) and record["step"] == 4
     with pytest.raises(FileNotFoundError, match="multi-stage"):
         run_meta.resolve_workdir(str(tmp_path / "out"))
+
+
+def test_a_workdir_keeps_its_tokenizer_and_reads_it_first(trained, tmp_path):
+    _, _, workdir, _ = trained
+    saved = os.path.join(str(workdir), run_meta.TOKENIZER_DIR)
+    assert os.path.isfile(os.path.join(saved, "tokenizer.json"))  # written by the run
+    assert run_meta.tokenizer_from_meta({"tokenizer": "/gone"}, str(workdir)) == saved
+    assert run_meta.tokenizer_from_meta({"tokenizer": "/gone"}, str(tmp_path)) == "/gone"  # no copy: the record

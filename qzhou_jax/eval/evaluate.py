@@ -83,7 +83,7 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
 
 
 def _recorded_tokenizer(workdir: str, meta: Mapping) -> str | None:
-    path = run_meta.tokenizer_from_meta(meta)
+    path = run_meta.tokenizer_from_meta(meta, workdir)
     if path and not os.path.isdir(path):
         warnings.warn(f"{workdir}: the recorded tokenizer directory {path} is gone; using the built-in Qwen2.5 one")
         return None

@@ -22,7 +22,7 @@ def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32,
         from qzhou_jax import run_meta  # the prompt and tokenizer a run records in its checkpoint meta
 
         params, config, meta = checkpoint.restore_params(model_dir)
-        tokenizer = load_tokenizer(run_meta.tokenizer_from_meta(meta))
+        tokenizer = load_tokenizer(run_meta.tokenizer_from_meta(meta, model_dir))
         config = config.replace(dtype=dtype)  # compute dtype; the params keep the checkpoint's
         return Encoder(params, config, tokenizer, max_length=max_length, batch_size=batch_size,
                        prompt=run_meta.prompt_from_meta(meta))

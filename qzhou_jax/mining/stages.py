@@ -18,6 +18,7 @@ import os
 import jax
 
 from qzhou_jax import checkpoint
+from qzhou_jax.config_base import REQUIRED
 from qzhou_jax.data import pipeline
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import RETRIEVAL
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str):
     """A copy of `stage_cfg` whose mined datasets read the negatives mined with the previous stage's model."""
     m = stage_cfg.mine
-    model = previous_workdir or stage_cfg.get("init_from") or stage_cfg.model.get("hf_dir")
+    init_from = stage_cfg.get("init_from") or ""
+    model = previous_workdir or (init_from if init_from not in ("base", REQUIRED) else "") or \
+        stage_cfg.model.get("hf_dir")
     if not model:
         raise ValueError("mine.enabled: no model to mine with (no previous stage, init_from or model.hf_dir)")
     data = DataConfig.from_config(stage_cfg.data)

@@ -1,0 +1,111 @@
+"""The paper's design choices measured on a real pretrained base: one short SmolLM2 run per row, same budget and
+seed, scored on the same dev slices (docs/learning.md has the table and what it says).
+
+    python benchmarks/design_choices.py --out runs/design_choices [--rows recipe,causal_mean,...] \
+        [--base bases/smollm2-135m-instruct]
+
+Every row is `python -m qzhou_jax.train --config configs/smollm2.py:ablation[...] --workdir OUT/<row> <overrides>`
+in its own process, run one after the other (a finished row, marked by its done.json, is not run again, so an
+interrupted sweep resumes). The table is read back from each run's metrics.jsonl: the evaluation at the end of its
+last stage (configs/smollm2.py ABLATION_EVAL: dev splits where a task has one, fixed subsets). Writes OUT/table.md
+(the rows with the overrides that produce them) and OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BOTH = ("stage1", "stage2")
+
+
+def _both(key: str, value) -> list[str]:
+    return [f"--config.stages.{s}.{key}={value}" for s in BOTH]
+
+
+# name -> (what changes, config argument, overrides). The recipe row is the reference every other row changes
+# in one respect. "stage 2 alone" keeps the budget: stage 2's mix for the steps of both stages, from the base.
+ROWS = {
+    "recipe": ("the recipe: bidirectional, mean pooling, q-q negatives, mined negatives, stage 1 -> 2, tau 0.02",
+               "ablation", []),
+    "causal_mean": ("causal attention, mean pooling", "ablation", _both("model.attention", "causal")),
+    "causal_last": ("causal attention, last-token pooling", "ablation",
+                    _both("model.attention", "causal") + _both("model.pooling", "last")),
+    "no_query_query": ("without query-query negatives", "ablation", _both("loss.query_query", False)),
+    "no_mined": ("without mined hard negatives (stage 1 and 2 mine nothing)", "ablation",
+                 _both("mine.enabled", False)),
+    "stage2_alone": ("stage 2 alone from the base (same total steps)", "ablation:stage2-alone", []),
+    "tau_0.05": ("InfoNCE tau 0.05 instead of the paper's 0.02", "ablation", _both("loss.tau", 0.05)),
+}
+
+
+def run_row(name: str, out: Path, base: str | None) -> dict:
+    what, arg, overrides = ROWS[name]
+    workdir = out / name
+    if base:
+        key = "model.hf_dir"
+        overrides = overrides + ([f"--config.{key}={base}"] if arg.endswith("alone") else _both(key, base))
+    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", f"configs/smollm2.py:{arg}", "--workdir",
+           str(workdir), *overrides]
+    done = workdir / "done.json"
+    start = time.time()
+    if not done.exists():
+        print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
+        with open(out / f"{name}.log", "a") as log:
+            subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return {"row": name, "what": what, "config": f"configs/smollm2.py:{arg}", "overrides": overrides,
+            "scores": final_scores(workdir), "seconds": round(time.time() - start, 1)}
+
+
+def final_scores(workdir: Path) -> dict[str, float]:
+    """The last evaluation of the run's last stage: {task: main score}."""
+    stages = [workdir / s for s in BOTH if (workdir / s).is_dir()] or [workdir]
+    scores = {}
+    for line in open(stages[-1] / "metrics.jsonl"):
+        record = json.loads(line)
+        found = {k.split("/")[1]: v for k, v in record.items() if k.startswith("eval/") and k.endswith("/main_score")}
+        if found:
+            scores = found
+    return scores
+
+
+def table(results: list[dict]) -> str:
+    tasks = list(dict.fromkeys(t for r in results for t in r["scores"]))
+    head = "| row | " + " | ".join(tasks) + " | mean | overrides |"
+    lines = [head, "|" + "---|" * (len(tasks) + 3)]
+    for r in results:
+        values = [r["scores"].get(t) for t in tasks]
+        mean = sum(v for v in values if v is not None) / max(1, sum(v is not None for v in values))
+        cells = ["-" if v is None else f"{100 * v:.2f}" for v in values]
+        overrides = " ".join(o.replace("--config.", "") for o in r["overrides"] if "hf_dir" not in o) or "-"
+        lines.append(f"| {r['what']} | " + " | ".join(cells) + f" | {100 * mean:.2f} | `{r['config']}` {overrides} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="one workdir per row, plus table.md and results.json")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument("--base", default=None, help="the converted SmolLM2 directory (default: the config's)")
+    args = parser.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = os.path.abspath(args.base) if args.base else None
+    results = [run_row(name, out, base) for name in rows]
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "table.md").write_text(table(results) + "\n")
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
