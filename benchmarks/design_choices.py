@@ -47,9 +47,13 @@ ROWS = {
 def run_row(name: str, out: Path, base: str | None) -> dict:
     what, arg, overrides = ROWS[name]
     workdir = out / name
+    alone = arg.endswith("alone")
     if base:
-        key = "model.hf_dir"
-        overrides = overrides + ([f"--config.{key}={base}"] if arg.endswith("alone") else _both(key, base))
+        overrides = overrides + ([f"--config.model.hf_dir={base}"] if alone else _both("model.hf_dir", base))
+    # Every row's first mining pass uses the base model: one embedding cache serves them all (keyed by model
+    # fingerprint, so the causal rows and the stage-2 passes, mining with other models, do not share it).
+    cache = f"{out / 'base_mining_cache'}"
+    overrides = overrides + ([f"--config.mine.cache={cache}"] if alone else [f"--config.stages.stage1.mine.cache={cache}"])
     cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", f"configs/smollm2.py:{arg}", "--workdir",
            str(workdir), *overrides]
     done = workdir / "done.json"
@@ -82,7 +86,7 @@ def table(results: list[dict]) -> str:
         values = [r["scores"].get(t) for t in tasks]
         mean = sum(v for v in values if v is not None) / max(1, sum(v is not None for v in values))
         cells = ["-" if v is None else f"{100 * v:.2f}" for v in values]
-        overrides = " ".join(o.replace("--config.", "") for o in r["overrides"] if "hf_dir" not in o) or "-"
+        overrides = " ".join(o.replace("--config.", "") for o in r["overrides"] if "hf_dir" not in o and "mine.cache" not in o) or "-"
         lines.append(f"| {r['what']} | " + " | ".join(cells) + f" | {100 * mean:.2f} | `{r['config']}` {overrides} |")
     return "\n".join(lines)
 

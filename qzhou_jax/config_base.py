@@ -76,10 +76,11 @@ TOP = dict(
 # training (qzhou_jax/mining/stages.py). datasets=() mines every retrieval dataset; negatives=0 keeps each
 # dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4);
 # rule "none" | "relative_margin" | "max_score_ratio" with rule_value (e.g. 0.05 / 0.95); min_positive_rank 0
-# and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage.
+# and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage; cache "": the stage's
+# mined/cache (embeddings are keyed by model fingerprint and texts, so runs mining with the same model can share one).
 MINE = dict(
     enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
-    min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0,
+    min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0, cache="",
 )
 BLOCKS = dict(model=MODEL, loss=LOSS, optim=OPTIM, train=TRAIN, data=DATA, checkpoint=CHECKPOINT, eval=EVAL,
               export=EXPORT, mine=MINE)

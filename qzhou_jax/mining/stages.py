@@ -72,7 +72,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
             encoder = load_encoder(model, max_length=max_length, batch_size=m.batch_size)
         print(f"mine: {name}: mining with {model} (step {step})", flush=True)
         stats = mine(MineConfig(model=model, input=rows_path, output=output, select=select,
-                                prompt_sep=data.prompt_sep, cache=os.path.join(out_dir, "cache"),
+                                prompt_sep=data.prompt_sep, cache=m.get("cache") or os.path.join(out_dir, "cache"),
                                 max_length=max_length, encode_chunk=m.encode_chunk), encoder=encoder)
         print(f"mine: {name}: {json.dumps(stats)}", flush=True)
         if jax.process_index() == 0:
