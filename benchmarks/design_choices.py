@@ -33,6 +33,7 @@ def _both(key: str, value) -> list[str]:
 ROWS = {
     "recipe": ("the recipe: bidirectional, mean pooling, q-q negatives, mined negatives, stage 1 -> 2, tau 0.02",
                "ablation", []),
+    "bidirectional_last": ("bidirectional attention, last-token pooling", "ablation", _both("model.pooling", "last")),
     "causal_mean": ("causal attention, mean pooling", "ablation", _both("model.attention", "causal")),
     "causal_last": ("causal attention, last-token pooling", "ablation",
                     _both("model.attention", "causal") + _both("model.pooling", "last")),
@@ -41,6 +42,8 @@ ROWS = {
                  _both("mine.enabled", False)),
     "stage2_alone": ("stage 2 alone from the base (same total steps)", "ablation:stage2-alone", []),
     "tau_0.05": ("InfoNCE tau 0.05 instead of the paper's 0.02", "ablation", _both("loss.tau", 0.05)),
+    "cosent_tau_0.02": ("CoSENT at the paper's tau 0.02 too (ours: 0.5)", "ablation",
+                        ["--config.stages.stage2.loss.cosent_tau=0.02"]),
 }
 
 
@@ -104,8 +107,12 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = os.path.abspath(args.base) if args.base else None
-    results = [run_row(name, out, base) for name in rows]
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    path = out / "results.json"
+    earlier = {r["row"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    for name in rows:  # each row's result is kept as soon as it is done
+        earlier[name] = run_row(name, out, base)
+        path.write_text(json.dumps([earlier[r] for r in ROWS if r in earlier], indent=1) + "\n")
+    results = [earlier[r] for r in ROWS if r in earlier]
     (out / "table.md").write_text(table(results) + "\n")
     print(table(results))
     return results
