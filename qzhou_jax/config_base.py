@@ -77,9 +77,11 @@ TOP = dict(
 # dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4);
 # rule "none" | "relative_margin" | "max_score_ratio" with rule_value (e.g. 0.05 / 0.95); min_positive_rank 0
 # and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage; cache "": the stage's
-# mined/cache (embeddings are keyed by model fingerprint and texts, so runs mining with the same model can share one).
+# mined/cache (embeddings are keyed by model fingerprint and texts, so runs mining with the same model can share one);
+# model "": the model that starts the stage (the previous stage's final weights, else init_from, else model.hf_dir),
+# "base": model.hf_dir even after a previous stage, or a workdir / HF directory.
 MINE = dict(
-    enabled=False, datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
+    enabled=False, model="", datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
     min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0, cache="",
 )
 BLOCKS = dict(model=MODEL, loss=LOSS, optim=OPTIM, train=TRAIN, data=DATA, checkpoint=CHECKPOINT, eval=EVAL,

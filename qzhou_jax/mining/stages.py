@@ -31,14 +31,28 @@ from qzhou_jax.mining.select import SelectConfig
 log = logging.getLogger(__name__)
 
 
+def mining_model(stage_cfg, previous_workdir: str | None) -> str:
+    """What mines a stage's negatives: mine.model if set ("base": model.hf_dir), else the model that starts the
+    stage (the previous stage's workdir, else init_from, else model.hf_dir)."""
+    chosen = stage_cfg.mine.get("model") or ""
+    hf_dir = stage_cfg.model.get("hf_dir") or ""
+    if chosen == "base":
+        model = hf_dir
+    elif chosen:
+        model = chosen
+    else:
+        init_from = stage_cfg.get("init_from") or ""
+        model = previous_workdir or (init_from if init_from not in ("base", REQUIRED) else "") or hf_dir
+    if not model:
+        raise ValueError("mine.enabled: no model to mine with (mine.model, a previous stage, init_from or "
+                         "model.hf_dir)")
+    return model
+
+
 def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str):
     """A copy of `stage_cfg` whose mined datasets read the negatives mined with the previous stage's model."""
     m = stage_cfg.mine
-    init_from = stage_cfg.get("init_from") or ""
-    model = previous_workdir or (init_from if init_from not in ("base", REQUIRED) else "") or \
-        stage_cfg.model.get("hf_dir")
-    if not model:
-        raise ValueError("mine.enabled: no model to mine with (no previous stage, init_from or model.hf_dir)")
+    model = mining_model(stage_cfg, previous_workdir)
     data = DataConfig.from_config(stage_cfg.data)
     wanted = tuple(m.datasets) or tuple(s.name for s in data.datasets if s.task == RETRIEVAL)
     specs = {s.name: s for s in data.datasets}

@@ -8,7 +8,7 @@ import pytest
 
 from qzhou_jax import checkpoint, train
 from qzhou_jax.encode import Encoder
-from qzhou_jax.mining.stages import remine_for_stage
+from qzhou_jax.mining.stages import mining_model, remine_for_stage
 from qzhou_jax.tokenizer import format_query, load_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -77,3 +77,19 @@ def test_unknown_or_non_retrieval_dataset_is_an_error(tmp_path):
     stage2.mine.datasets = ("nope",)
     with pytest.raises(ValueError, match=r"mine.datasets: no dataset 'nope' in this stage"):
         remine_for_stage(stage2, str(tmp_path / "stage1"), str(tmp_path))
+
+
+def test_mining_model_is_the_stage_start_unless_mine_model_says(tmp_path):
+    stage2 = two_stage_config().stages.stage2.copy_and_resolve_references()
+    stage2.model.hf_dir, stage2.init_from, previous = "/bases/b", "", str(tmp_path / "stage1")
+    assert mining_model(stage2, previous) == previous
+    assert mining_model(stage2, None) == "/bases/b"
+    stage2.init_from = "/runs/other"
+    assert mining_model(stage2, None) == "/runs/other"
+    stage2.mine.model = "base"
+    assert mining_model(stage2, previous) == "/bases/b"
+    stage2.mine.model = "/runs/miner"
+    assert mining_model(stage2, previous) == "/runs/miner"
+    stage2.mine.model, stage2.model.hf_dir, stage2.init_from = "base", "", "base"
+    with pytest.raises(ValueError, match="no model to mine with"):
+        mining_model(stage2, previous)
