@@ -53,10 +53,10 @@ def run_row(name: str, out: Path, base: str | None) -> dict:
     alone = arg.endswith("alone")
     if base:
         overrides = overrides + ([f"--config.model.hf_dir={base}"] if alone else _both("model.hf_dir", base))
-    # Every row's first mining pass uses the base model: one embedding cache serves them all (keyed by model
-    # fingerprint, so the causal rows and the stage-2 passes, mining with other models, do not share it).
+    # Every mining pass of the ablation uses the base model (configs/smollm2.py): one embedding cache, keyed by
+    # model fingerprint and texts, serves every row and stage, so the corpus is encoded once for the whole sweep.
     cache = f"{out / 'base_mining_cache'}"
-    overrides = overrides + ([f"--config.mine.cache={cache}"] if alone else [f"--config.stages.stage1.mine.cache={cache}"])
+    overrides = overrides + ([f"--config.mine.cache={cache}"] if alone else _both("mine.cache", cache))
     cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", f"configs/smollm2.py:{arg}", "--workdir",
            str(workdir), *overrides]
     done = workdir / "done.json"
