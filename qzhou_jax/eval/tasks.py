@@ -185,10 +185,14 @@ class PairTask(Task):
             gold = np.array([int(self.positive(g)) for g in gold])
         return [s.text_a for s in samples], [s.text_b for s in samples], gold
 
-    def _evaluate(self, encoder, split, max_examples):
+    def examples(self, split: str, max_examples: int = 0) -> tuple[list[str], list[str], np.ndarray]:
+        """The pairs `run` scores: the split, cut to the `max_examples` subset (also fed to mteb: eval/mteb_local)."""
         a, b, gold = self.pairs(split)
         keep = subsample(len(gold), max_examples, labels=gold if self.positive is not None else None)
-        a, b, gold = [a[i] for i in keep], [b[i] for i in keep], gold[keep]
+        return [a[i] for i in keep], [b[i] for i in keep], gold[keep]
+
+    def _evaluate(self, encoder, split, max_examples):
+        a, b, gold = self.examples(split, max_examples)
         emb = encode_texts(encoder, a + b, self.query_instruction())  # symmetric: one instruction for both
         emb_a, emb_b = emb[: len(a)], emb[len(a):]
         if self.positive is None:
@@ -205,7 +209,8 @@ class RetrievalTask(Task):
     read: Callable[[str], Any] = None
     top_k: int = 1000
 
-    def _evaluate(self, encoder, split, max_examples):
+    def examples(self, split: str, max_examples: int = 0) -> tuple[dict, dict, dict]:
+        """(corpus, queries, qrels) as `run` scores them, each cut to the `max_examples` subset, in scoring order."""
         corpus, queries, qrels = _cached((self.name, split), lambda: self.read(self.splits[split]))
         query_ids = sorted(qrels, key=_natural)
         query_ids = [query_ids[i] for i in subsample(len(query_ids), max_examples)]
@@ -219,12 +224,18 @@ class RetrievalTask(Task):
         missing = [q for q in query_ids if q not in queries]
         if missing:
             raise ValueError(f"{self.name}/{split}: qrels name query {missing[0]!r}, absent from queries.jsonl")
-        q_emb = encode_texts(encoder, [queries[q] for q in query_ids], self.query_instruction())
-        d_emb = encode_texts(encoder, [corpus[d] for d in doc_ids], self.document_instruction())
+        return ({d: corpus[d] for d in doc_ids}, {q: queries[q] for q in query_ids},
+                {q: qrels[q] for q in query_ids})
+
+    def _evaluate(self, encoder, split, max_examples):
+        corpus, queries, qrels = self.examples(split, max_examples)
+        query_ids, doc_ids = list(queries), list(corpus)
+        q_emb = encode_texts(encoder, list(queries.values()), self.query_instruction())
+        d_emb = encode_texts(encoder, list(corpus.values()), self.document_instruction())
         from qzhou_jax.eval.search import exact_search  # local: JAX only when retrieval runs
 
         run = exact_search(q_emb, d_emb, query_ids, doc_ids, k=self.top_k)
-        scores = metrics.retrieval_metrics(run, {q: qrels[q] for q in query_ids})
+        scores = metrics.retrieval_metrics(run, qrels)
         return scores | {"n_examples": len(query_ids), "n_corpus": len(doc_ids)}
 
 
@@ -237,11 +248,16 @@ class ClassificationTask(Task):
     n_experiments: int = 10
     samples_per_label: int = 8
 
-    def _evaluate(self, encoder, split, max_examples):
+    def examples(self, split: str, max_examples: int = 0) -> tuple[list, list]:
+        """(train, test) samples as `run` sees them, each cut to the `max_examples` subset."""
         train = _cached((self.name, self.train_split), lambda: self.read(self.train_split))
         test = _cached((self.name, split), lambda: self.read(self.splits[split]))
         train = [train[i] for i in subsample(len(train), max_examples, labels=[s.label for s in train])]
         test = [test[i] for i in subsample(len(test), max_examples, labels=[s.label for s in test])]
+        return train, test
+
+    def _evaluate(self, encoder, split, max_examples):
+        train, test = self.examples(split, max_examples)
         y_train = [s.label for s in train]
         # The experiments only ever fit on the texts `undersample` draws: encode those, leave the rest at zero.
         idxs, drawn = None, set()
