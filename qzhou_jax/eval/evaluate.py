@@ -8,7 +8,9 @@
   * a training workdir (holds checkpoints/): the newest readable checkpoint, or --step / --compare-step; its
     tokenizer is the one the run recorded (model.tokenizer or model.hf_dir), else the built-in Qwen2.5 one,
   * random:<preset>[:<seed>] (qzhou_jax.model presets, e.g. random:demo): untrained random weights (seed: the
-    suffix, else --seed), the baseline for "untrained vs trained" tables.
+    suffix, else --seed), the baseline for "untrained vs trained" tables,
+  * st:<dir> or st:<known name> (st:all-MiniLM-L6-v2): a sentence-transformers model (eval/st_encoder.py), scored
+    on plain texts (QZhou's instructions ignored, its name says so) unless --st-instructions.
 The JSON is a list of {model, task, split, metric, value} rows (raw metrics in [0, 1] or [-1, 1]; non-finite
 values are null). The table prints each task's main score x100, as MTEB's leaderboard does.
 """
@@ -29,6 +31,7 @@ import numpy as np
 
 from qzhou_jax import run_meta
 from qzhou_jax.eval import TextEncoder
+from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name, load_st_encoder
 from qzhou_jax.eval.tasks import TASKS, Task, get_tasks
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,13 @@ RANDOM_PREFIX = "random:"
 
 # ================================================================================================= models
 def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, batch_size: int = 32,
-                 step: int | None = None, seed: int = 0):
-    """An `Encoder` for an HF/export directory, a training workdir or random:<preset> (see the module docstring)."""
+                 step: int | None = None, seed: int = 0, st_instructions: bool = False):
+    """An `Encoder` for an HF/export directory, a training workdir or random:<preset>, or an `STEncoder` for st:...
+    (see the module docstring)."""
+    if spec.startswith(ST_PREFIX):
+        if step is not None:
+            raise ValueError(f"{spec}: --step applies to training workdirs only")
+        return load_st_encoder(spec, use_instructions=st_instructions, max_length=max_length, batch_size=batch_size)
     from qzhou_jax import checkpoint
     from qzhou_jax.encode import Encoder
     from qzhou_jax.tokenizer import load_tokenizer
@@ -185,7 +193,8 @@ def write_json(rows: Sequence[dict], path: str) -> None:
 # ==================================================================================================== CLI
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="HF/export dir, training workdir, or random:<preset>")
+    parser.add_argument("--model", required=True,
+                        help="HF/export dir, training workdir, random:<preset>, or st:<dir or known name>")
     parser.add_argument("--compare", default=None, help="a second model, shown side by side (same forms)")
     parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all': {', '.join(TASKS)}")
     parser.add_argument("--output", required=True, help="results JSON: [{model, task, split, metric, value}]")
@@ -194,24 +203,31 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--max-examples", type=int, default=0, help="deterministic subsample per task (0 = all)")
     parser.add_argument("--instructions", default=None, help="JSON {task: instruction or null} overriding prompts")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per text (truncated beyond)")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="tokens per text (truncated beyond); st: models keep their own limit when lower")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a --model workdir")
     parser.add_argument("--compare-step", type=int, default=None, help="checkpoint step of a --compare workdir")
     parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
+    parser.add_argument("--st-instructions", action="store_true",
+                        help="give st: models our instructions as sentence-transformers prompts (default: plain texts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     tasks = get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
     rows, names = [], []
-    for spec, step in ((args.model, args.step), (args.compare, args.compare_step)):
+    for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
         if spec is None:
             continue
         name = spec if step is None else f"{spec}@{step}"
+        name = display_name(name, args.st_instructions) if spec.startswith(ST_PREFIX) else name
         name = name if name not in names else f"{name} (again)"
         names.append(name)
-        encoder = load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
-                               step=step, seed=args.seed)
+        try:
+            encoder = load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
+                                   step=step, seed=args.seed, st_instructions=args.st_instructions)
+        except (ModelSpecError, FileNotFoundError) as e:  # a model that is not there: a usage error, no traceback
+            parser.exit(2, f"{parser.prog}: error: {flag}: {e}\n")
         rows += evaluate(encoder, tasks, split=args.split, max_examples=args.max_examples, model_name=name)
     write_json(rows, args.output)
     print(results_table(rows), flush=True)
