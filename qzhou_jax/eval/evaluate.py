@@ -137,8 +137,10 @@ def evaluate(encoder: TextEncoder, tasks: str | Sequence[str] | Sequence[Task] =
     return rows
 
 
-def results_table(rows: Sequence[dict]) -> str:
-    """Main score x100 per task (rows) and model (columns), a mean row, and B - A when there are two models."""
+def results_table(rows: Sequence[dict], main_metrics: Mapping[str, str] | None = None) -> str:
+    """Main score x100 per task (rows) and model (columns), a mean row, and B - A when there are two models.
+
+    `main_metrics` names each task's main metric where it is not our task's (mteb_local: mteb's)."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     main = {(r["model"], r["task"]): r for r in rows if r["metric"] == "main_score"}
     tasks = list(dict.fromkeys(r["task"] for r in rows))
@@ -148,7 +150,7 @@ def results_table(rows: Sequence[dict]) -> str:
     for task in tasks:
         values = [main.get((m, task), {}).get("value") for m in models]
         split = next(main[(m, task)]["split"] for m in models if (m, task) in main)
-        metric = TASKS[task].main_metric if task in TASKS else "main_score"
+        metric = (main_metrics or {}).get(task) or (TASKS[task].main_metric if task in TASKS else "main_score")
         body.append([task, split, metric] + [_fmt(v) for v in values] + _delta(values))
     if len(tasks) > 1:
         means = [_mean([main.get((m, t), {}).get("value") for t in tasks]) for m in models]
