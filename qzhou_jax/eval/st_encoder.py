@@ -92,7 +92,8 @@ class STEncoder:
                batch_size: int | None = None) -> np.ndarray:
         texts = list(texts)
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
+            dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            return np.zeros((0, dim()), np.float32)  # (sentence-transformers 6 renamed the method)
         # "" rather than None: no prompt, not even the model's default_prompt_name (plain means plain).
         emb = self.model.encode(texts, prompt=self.prompt_for(instruction) or "",
                                 batch_size=batch_size or self.batch_size, convert_to_numpy=True,
