@@ -39,7 +39,7 @@ from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name
 log = logging.getLogger(__name__)
 
 # Our task name -> mteb 2.26's. The original (v1) tasks, not the ".v2" rewrites: our local files are the
-# original data, and QZhou's published scores used them.
+# original data.
 MTEB_TASKS = {
     "STSBenchmark": "STSBenchmark", "SICK-R": "SICK-R", "ATEC": "ATEC", "LCQMC": "LCQMC", "Ocnli": "Ocnli",
     "SciFact": "SciFact", "Banking77Classification": "Banking77Classification", "Waimai": "Waimai",
@@ -58,7 +58,7 @@ class UsageError(ValueError):
 
 
 def task_names(names: str | Sequence[str]) -> list[str]:
-    """"all" (every local task mteb has), a comma list or a sequence -> our task names, in MTEB_TASKS order."""
+    """"all" (every local task mteb has, in MTEB_TASKS order), a comma list or a sequence -> our task names."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)

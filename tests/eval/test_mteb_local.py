@@ -48,9 +48,10 @@ def test_minilm_through_mteb_gives_our_evaluate_scores():
     """STS and classification equal bit for bit (same data, same protocol); retrieval to mteb's 5-decimal rounding."""
     sizes = {"STSBenchmark": 40, "Banking77Classification": 20, "SciFact": 5}
     model = ml.load_model(MINILM)
-    encoder = ev.load_encoder(MINILM)
+    encoder, plain = ev.load_encoder(MINILM), {}
     for task, n in sizes.items():
         theirs = _scores(ml.evaluate(model, [task], max_examples=n))
+        plain.update(theirs)
         ours = _scores(ev.evaluate(encoder, [task], max_examples=n))
         main = qt.TASKS[task].main_metric
         if task == "SciFact":
@@ -58,6 +59,11 @@ def test_minilm_through_mteb_gives_our_evaluate_scores():
         else:
             assert theirs[(task, main)] == ours[(task, main)], task
         assert theirs[(task, "main_score")] == theirs[(task, main)]
+    # --st-instructions: our prompts, through MTEBEncoder on mteb's side.
+    key, n = ("STSBenchmark", "main_score"), sizes["STSBenchmark"]
+    theirs = _scores(ml.evaluate(ml.load_model(MINILM, st_instructions=True), ["STSBenchmark"], max_examples=n))
+    ours = _scores(ev.evaluate(ev.load_encoder(MINILM, st_instructions=True), ["STSBenchmark"], max_examples=n))
+    assert theirs[key] == ours[key] != plain[key]
 
 
 def test_tiny_qwen2_through_mteb_local_cli(tmp_path, capsys):
