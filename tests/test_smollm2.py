@@ -20,12 +20,17 @@ TEXTS = ["A man is playing a guitar.", "Ünïcödé  text,  12345 numbers\n\nand
 
 @pytest.fixture(scope="module")
 def finetuned(smollm2_base, tmp_path_factory):
-    """A few CoSENT steps on STS-B + SICK-R train from the base (the demo's stage 2, started from the base)."""
+    """A few CoSENT steps on STS-B + SICK-R train from the base (the demo's stage 2 lengths, started from the
+    base)."""
     workdir = tmp_path_factory.mktemp("smollm2") / "run"
     cfg = train.load_config("configs/smollm2.py:demo:stage2", [
         f"--config.model.hf_dir={smollm2_base}", "--config.init_from=base", "--config.mine.enabled=False",
-        "--config.train.steps=10", "--config.eval.tasks=()", "--config.plot=False",
-        "--config.checkpoint.async_save=False"])
+        # 15 steps at the full config's 32 pairs and a constant lr after 3 warm-up steps: the demo's own 10 steps
+        # (16 pairs, linear decay) move STS-B dev by less than this test's margin.
+        "--config.train.steps=15", "--config.data.batch_size.pair_score=32", "--config.optim.warmup_steps=3",
+        "--config.optim.decay=constant", "--config.eval.tasks=()", "--config.plot=False",
+        "--config.checkpoint.async_save=False",
+        "--config.mesh.shape=(1,-1,1)"])  # FSDP over the session's 8 CPU devices: replicated, state x8 is ~20 GB
     cfg.data.datasets = [d for d in cfg.data.datasets if d["name"] in ("stsb", "sickr")]
     cfg.data.eta = None  # eta splits retrieval from the rest; these two are both pair_score
     summary = train.run(cfg, str(workdir))
@@ -41,7 +46,7 @@ def _sts_dev(model_spec):
 def test_a_few_steps_beat_the_base_zero_shot_on_sts_dev(smollm2_base, finetuned):
     workdir, _ = finetuned
     base, tuned = _sts_dev(str(smollm2_base)), _sts_dev(str(workdir))
-    assert tuned > base + 0.02, f"STS-B dev Spearman: base {base:.4f}, after 10 steps {tuned:.4f}"
+    assert tuned > base + 0.02, f"STS-B dev Spearman: base {base:.4f}, after 15 steps {tuned:.4f}"
 
 
 def test_export_loads_in_transformers_and_sentence_transformers_and_equals_our_encode(finetuned):
@@ -85,7 +90,8 @@ def test_encode_evaluate_mine_and_mteb_adapter_on_the_workdir(finetuned, tmp_pat
                     "--output", str(tmp_path / "r.json")])
     assert rows[0]["value"] is not None
 
-    corpus = [f"passage {i} about topic {i % 7}: " + " ".join(["word"] * (i % 5)) for i in range(40)]
+    # No surrounding whitespace: mine returns texts stripped (a known defect, issue 23 point 7).
+    corpus = [f"passage {i} about topic {i % 7}:" + " word" * (i % 5) for i in range(40)]
     with open(tmp_path / "in.jsonl", "w") as f:
         for i in range(8):
             f.write(json.dumps({"query": f"topic {i % 7}", "pos": [corpus[i]], "prompt": "Find the passage"}) + "\n")
@@ -101,3 +107,17 @@ def test_encode_evaluate_mine_and_mteb_adapter_on_the_workdir(finetuned, tmp_pat
     emb = adapter.encode(TEXTS, task_name="STSBenchmark")
     assert emb.shape == (len(TEXTS), 576)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_plan_compiles_the_imported_base_for_a_tpu_slice(smollm2_base):
+    """`plan` reads the architecture from the imported directory: 30 layers, 49k tied vocabulary, 3 KV heads."""
+    from qzhou_jax import plan
+    from tests.test_plan import _tpu
+
+    _tpu("v5p:2x2x1")
+    cfg = train.load_config("configs/smollm2.py:demo:stage1", [f"--config.model.hf_dir={smollm2_base}"])
+    report = plan.plan(cfg, "v5p-8")
+    assert report["fits"] and report["model"]["layers"] == 30
+    # The encoder's parameters: tied embedding 49152 x 576, 30 layers, final norm (no LM head).
+    assert report["model"]["params"] == pytest.approx(134.5e6, rel=0.01)
+    assert {t["task"] for t in report["tasks"]} == {"retrieval"}
