@@ -1,15 +1,19 @@
-"""What both benchmarks share: the random checkpoint, fresh-process isolation, RSS readings, the model-size flags,
-synthetic text and the side-by-side JAX/PyTorch table."""
+"""What both benchmarks share: the checkpoint (random, or a real HF directory with --model-dir), fresh-process
+isolation, RSS readings, the model flags, the PyTorch loader, synthetic text and the side-by-side JAX/PyTorch
+table."""
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import gc
+import json
 import multiprocessing
 import os
 import random
 import resource
-from typing import Callable, Sequence
+import tempfile
+from typing import Callable, Iterator, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub (inherited by the spawned children)
 
@@ -17,8 +21,14 @@ QWEN25_VOCAB = 151665  # 151643 BPE tokens + 22 control tokens: every id the bui
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Size of the random Qwen2 checkpoint: --hidden --layers --heads --kv-heads --intermediate."""
+def add_model_args(parser: argparse.ArgumentParser, model_dir: bool = False) -> None:
+    """Size of the random Qwen2 checkpoint: --hidden --layers --heads --kv-heads --intermediate; with `model_dir`
+    also --model-dir (a real HF Qwen2 directory instead, see benchmark_checkpoint)."""
+    if model_dir:
+        parser.add_argument("--model-dir", default=None,
+                            help="an HF Qwen2 directory (e.g. one hf.convert wrote): both sides load its weights "
+                                 "and tokenise with its tokenizer; the size flags are then ignored (default: a "
+                                 "random checkpoint of that size, built-in Qwen2.5 tokenizer)")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--heads", type=int, default=12)
@@ -32,15 +42,61 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype_help: str | None = N
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
 
 
-def model_summary(args: argparse.Namespace, n_params: int) -> dict:
+def model_info(model_dir: str, source: str) -> dict:
+    """What a benchmark says about its model, read from the directory's config.json: `source` ("random" or the
+    directory), the architecture numbers, whether the embeddings are tied, and the encoder's parameter count
+    (embedding + layers + final norm: what Qwen2Model loads; an untied LM head is not part of the encoder)."""
+    from qzhou_jax.model.config import ModelConfig
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        hf = json.load(f)
+    config = ModelConfig.from_hf(hf)
+    return {"source": source, "params": config.num_params(), "hidden": config.hidden_size,
+            "layers": config.num_layers, "heads": config.num_heads, "kv_heads": config.num_kv_heads,
+            "head_dim": config.head_size, "intermediate": config.intermediate_size, "vocab": config.vocab_size,
+            "tied": bool(hf.get("tie_word_embeddings", False))}
+
+
+def model_summary(info: dict, dtype: str) -> dict:
     """The "model" block of a benchmark's JSON line."""
-    return {"params": n_params, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
-            "kv_heads": args.kv_heads, "intermediate": args.intermediate, "vocab": QWEN25_VOCAB, "dtype": args.dtype}
+    return {**info, "dtype": dtype}
 
 
-def describe_model(args: argparse.Namespace, n_params: int) -> str:
-    return (f"random Qwen2: {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, "
-            f"{args.heads}/{args.kv_heads} heads, ffn {args.intermediate}, vocab {QWEN25_VOCAB})")
+def describe_model(info: dict) -> str:
+    name = "random Qwen2" if info["source"] == "random" else os.path.basename(os.path.normpath(info["source"]))
+    return (f"{name}: {info['params'] / 1e6:.1f}M params (hidden {info['hidden']}, {info['layers']} layers, "
+            f"{info['heads']}/{info['kv_heads']} heads of {info['head_dim']}, ffn {info['intermediate']}, "
+            f"vocab {info['vocab']}{' tied' if info['tied'] else ''})")
+
+
+@contextlib.contextmanager
+def benchmark_checkpoint(args: argparse.Namespace) -> Iterator[tuple[str, dict]]:
+    """(directory, model_info): --model-dir as it is, else a random checkpoint at the parsed size in a temporary
+    directory (removed afterwards). Without tokenizer files there, qzhou_jax.tokenizer.load_tokenizer(directory)
+    gives the built-in Qwen2.5 tokenizer, whose ids the random checkpoint's vocabulary covers."""
+    if args.model_dir:
+        if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+            raise FileNotFoundError(f"{args.model_dir}: no config.json (--model-dir takes an HF Qwen2 directory)")
+        yield args.model_dir, model_info(args.model_dir, args.model_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as directory:
+        make_checkpoint_for(args, directory)
+        yield directory, model_info(directory, "random")
+
+
+def load_torch_qwen2(model_dir: str, dtype, attention: str = "sdpa"):
+    """transformers' Qwen2Model from an HF directory (a Qwen2Model or Qwen2ForCausalLM checkpoint), refusing a
+    load that leaves weights missing (they would be silently random) or finds ones it does not know, except an
+    LM head (not part of the encoder)."""
+    import transformers
+
+    model, info = transformers.Qwen2Model.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention,
+                                                          output_loading_info=True)
+    unexpected = {k for k in info["unexpected_keys"] if not k.startswith("lm_head.")}
+    if info["missing_keys"] or unexpected or info["mismatched_keys"]:
+        raise ValueError(f"{model_dir}: Qwen2Model did not load cleanly: missing {sorted(info['missing_keys'])}, "
+                         f"unexpected {sorted(unexpected)}, mismatched {sorted(info['mismatched_keys'])}")
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint

@@ -1,10 +1,12 @@
 """Encoding throughput: the JAX `Encoder` against transformers' PyTorch `Qwen2Model`, same checkpoint, same texts.
 
-    python benchmarks/encode.py [--hidden 768 --layers 12 --heads 12 --kv-heads 4 --intermediate 2048 --texts 256
-                                 --batch-size 16 --max-length 128 --dtype float32 --source stsb --repeats 3]
+    python benchmarks/encode.py [--model-dir DIR | --hidden 768 --layers 12 --heads 12 --kv-heads 4
+                                 --intermediate 2048] [--texts 256 --batch-size 16 --max-length 128
+                                 --dtype float32 --source stsb --repeats 3]
 
-One random Qwen2 checkpoint (real Qwen2.5 vocabulary, so the built-in tokenizer works) is written with
-`save_pretrained` and loaded by both sides. Both tokenize the same texts with the same tokenizer, sort them by
+`--model-dir DIR`: a real HF Qwen2 directory (e.g. SmolLM2 imported by `qzhou_jax.hf.convert`), loaded by both
+sides, texts tokenised with its own tokenizer. Without it, one random Qwen2 checkpoint (real Qwen2.5 vocabulary, so
+the built-in tokenizer works) is written with `save_pretrained` and loaded by both sides. Both tokenize the same texts with the same tokenizer, sort them by
 length and pad each batch on the left to the same bucket length, so both run the same FLOPs; the PyTorch side runs
 the stock model with transformers' bidirectional mask and mean pooling (as tests/oracle.py does) under
 `torch.inference_mode`. Each side runs in its own fresh process (clean peak RSS, no thread pools left spinning by
@@ -20,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,10 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/encode.py` puts benchmarks/, not the repo, on the path
 
-from benchmarks.common import (add_model_args, add_runtime_args, describe_model, in_fresh_process,  # noqa: E402
-                               load_note, machine_load, make_checkpoint_for, model_summary, peak_rss_mb,
-                               ratios, rss_mb, side_by_side_table,
-                               synthetic_texts)
+from benchmarks.common import (add_model_args, add_runtime_args, benchmark_checkpoint,  # noqa: E402
+                               describe_model, in_fresh_process, load_note, load_torch_qwen2, machine_load,
+                               model_summary, peak_rss_mb, ratios, rss_mb, side_by_side_table, synthetic_texts)
 
 SOURCES = ("stsb", "scifact", "synthetic")
 TABLE = [("texts/s", "texts_per_s", "{:.1f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
@@ -120,8 +120,7 @@ def run_torch(model_dir: str, texts: list[str], batch_size: int, max_length: int
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    model = transformers.Qwen2Model.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                    attn_implementation=attention).eval()
+    model = load_torch_qwen2(model_dir, getattr(torch, dtype), attention).eval()
     for layer in model.layers:
         layer.self_attn.is_causal = False  # with the bidirectional mask below: QZhou's serving setup
     tokenizer = load_tokenizer(model_dir)  # what Encoder.from_pretrained loads: left padding, no special tokens
@@ -168,7 +167,7 @@ def summarise(side: dict, n_texts: int, real_tokens: int, n_batches: int) -> dic
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser)
+    add_model_args(parser, model_dir=True)
     add_runtime_args(parser)
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -186,8 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     texts, source = load_texts(args.texts, args.source)
     buckets = default_buckets(args.max_length)
-    with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as model_dir:
-        n_params = make_checkpoint_for(args, model_dir)
+    with benchmark_checkpoint(args) as (model_dir, info):
         common = (model_dir, texts, args.batch_size, args.max_length, buckets, args.dtype, args.repeats)
         torch_side = in_fresh_process(run_torch, *common, args.threads, args.torch_attention)
         jax_side = in_fresh_process(run_jax, *common)
@@ -202,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     jax_row = summarise(jax_side, len(texts), real_tokens, n_batches)
     torch_row = summarise(torch_side, len(texts), real_tokens, n_batches)
 
-    print(f"{describe_model(args, n_params)}, {args.dtype}")
+    print(f"{describe_model(info)}, {args.dtype}")
     print(f"{len(texts)} texts from {source}: {real_tokens} real tokens (mean {real_tokens / len(texts):.1f}, "
           f"{padded_tokens} after bucket padding), "
           f"batch {args.batch_size} x {n_batches}, max length {args.max_length}, buckets {list(buckets)}")
@@ -215,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"embedding agreement JAX vs PyTorch: cosine min {cosine.min():.6f}, mean {cosine.mean():.6f}")
 
     summary = {
-        "model": model_summary(args, n_params),
+        "model": model_summary(info, args.dtype),
         "data": {"source": source, "texts": len(texts), "real_tokens": real_tokens, "padded_tokens": padded_tokens,
                  "batch_size": args.batch_size, "max_length": args.max_length},
         "cores": len(os.sched_getaffinity(0)), "repeats": args.repeats,

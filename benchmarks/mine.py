@@ -152,8 +152,8 @@ def main(argv=None) -> dict:
             n_params = common.make_checkpoint_for(args, hf_dir)
             common.in_fresh_process(export_model, hf_dir, export_dir)
             rows_path, corpus_path, n_rows = write_inputs(tmp, args.queries)
-            print(f"{common.describe_model(args, n_params)}; {n_rows} SciFact queries, window {args.window}, "
-                  f"max length {args.max_length}", flush=True)
+            print(f"{common.describe_model(common.model_info(hf_dir, 'random'))}; {n_rows} SciFact queries, "
+                  f"window {args.window}, max length {args.max_length}", flush=True)
             ours = common.in_fresh_process(run_ours, export_dir, rows_path, corpus_path, os.path.join(tmp, "o.jsonl"),
                                            window, negatives, args.max_length, args.batch_size)
             st = common.in_fresh_process(run_st, export_dir, rows_path, corpus_path, window, negatives,

@@ -1,12 +1,14 @@
 """Training-step throughput: the project's jitted retrieval train step against an equivalent PyTorch step.
 
-    python benchmarks/train_step.py [--hidden 768 --layers 12 --heads 12 --kv-heads 4 --intermediate 2048
-                                     --batch 8 --negatives 1 --query-len 64 --passage-len 128 --steps 5
-                                     --dtype float32]
+    python benchmarks/train_step.py [--model-dir DIR | --hidden 768 --layers 12 --heads 12 --kv-heads 4
+                                     --intermediate 2048] [--batch 8 --negatives 1 --query-len 64
+                                     --passage-len 128 --steps 5 --dtype float32 --remat none --trainable all]
 
-One random Qwen2 checkpoint (real Qwen2.5 vocabulary) is written with `save_pretrained` and loaded by both sides.
+`--model-dir DIR`: a real HF Qwen2 directory (e.g. SmolLM2 imported by `qzhou_jax.hf.convert`) loaded by both
+sides, the batch tokenised with its own tokenizer. Without it, one random Qwen2 checkpoint (real Qwen2.5
+vocabulary) is written with `save_pretrained` and loaded by both sides, and the built-in Qwen2.5 tokenizer is used.
 Both get the same retrieval batch: B SciFact train claims, each with its relevant abstract and N random other
-abstracts as hard negatives, tokenised once with the built-in Qwen2.5 tokenizer and padded to fixed lengths.
+abstracts as hard negatives, tokenised once and padded to fixed lengths.
 
 JAX: `make_step_fn` (bidirectional encoder, mean pooling, L2 norm, `losses.task_loss('retrieval')`, AdamW from
 `optim.make_optimizer`, clipping 1.0), on a one-device mesh (-1, 1, 1); compiled ahead of time so that compile time
@@ -16,7 +18,26 @@ Each side runs in its own fresh process (clean peak RSS, no idle thread pools of
 warm-up step, then `--steps` timed steps (median reported). Both start from the same weights and train on the same
 batch every step, so their per-step losses and gradient norms must agree (the loss falls fast: the batch is
 memorised): that checks that they run the same computation, optimizer included.
-MFU here is model FLOP/s (train_step.flops_per_token x real tokens / step time) over this machine's fp32 matmul
+
+`--remat` (activation rematerialisation; JAX: `ModelConfig.remat_policy`, a remat per decoder layer). PyTorch:
+transformers' gradient checkpointing, per decoder layer, non-reentrant (`torch.utils.checkpoint`), for every
+policy but `none`. `full` is the same scheme on both sides: each layer keeps only its input and is recomputed in
+the backward pass. For `dots` / `dots_no_batch` JAX keeps the layer's matmul outputs (all of them / those without
+batch dimensions: the projections, not attention's batched products) and recomputes only the elementwise work;
+the PyTorch side approximates that with selective checkpointing (`create_selective_checkpoint_contexts`) that
+saves the outputs of `mm` / `addmm` (the projections) and, for `dots`, also of `bmm` and the fused CPU SDPA
+kernel. Not the same: SDPA is one fused op in PyTorch (its saved output also holds what JAX recomputes as the
+softmax), and what else each framework decides to save or recompute is its own; treat `dots*` ratios as
+indicative, `full` and `none` as like for like.
+
+`--trainable top:N` (partial fine-tuning, as configs/smollm2.py): JAX builds the step as `train.py` does
+(`ModelConfig.frozen_layers = L - N`: the embedding and the bottom layers run under stop_gradient; the optimizer's
+updates masked by `model.trainable_mask`). PyTorch: `requires_grad=False` on the embedding and the bottom L - N
+layers, AdamW and the gradient clipping over the rest (the final norm trains on both sides). The frozen layers
+keep no activations on either side. Model FLOPs then count a forward over all layers and a backward over the top
+N only: (L + 2N) / 3L of full training's.
+MFU here is model FLOP/s (train_step.flops_per_token x real tokens / step time; recomputation under remat is
+not counted) over this machine's fp32 matmul
 FLOP/s measured by JAX in the same run (a jitted `--matmul-size`^2 matmul, best of `--matmul-repeats`): what the
 same compiler reaches on its best-case op. When the 1-minute load average shows the cores oversubscribed, the
 JAX/PyTorch ratios are withheld (common.machine_load). Prints a table and one JSON line.
@@ -30,7 +51,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -41,13 +61,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ in ("__main__", "__mp_main__") and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/train_step.py` puts benchmarks/, not the repo, on the path
 
-from benchmarks.common import (add_model_args, add_runtime_args, describe_model, in_fresh_process,  # noqa: E402
-                               load_note, machine_load, make_checkpoint_for, model_summary, peak_rss_mb,
-                               ratios, rss_mb, side_by_side_table,
-                               synthetic_texts)
+from benchmarks.common import (add_model_args, add_runtime_args, benchmark_checkpoint,  # noqa: E402
+                               describe_model, in_fresh_process, load_note, load_torch_qwen2, machine_load,
+                               model_summary, peak_rss_mb, ratios, rss_mb, side_by_side_table, synthetic_texts)
 
 TASK = "retrieval"
 TAU = 0.02
+REMAT = ("none", "full", "dots", "dots_no_batch")  # model.config.REMAT_POLICIES
 TABLE = [("step s (median)", "step_s", "{:.3f}"), ("tokens/s (real)", "tokens_per_s", "{:.0f}"),
          ("examples/s", "examples_per_s", "{:.2f}"), ("model GFLOP/s", "model_flops_per_s", "{:.2f}"),
          ("MFU vs matmul peak", "mfu", "{:.3f}"), ("warm-up step s", "warmup_s", "{:.2f}"),
@@ -92,11 +112,12 @@ def retrieval_texts(batch: int, negatives: int, seed: int = 0) -> tuple[list[tup
     return samples, "scifact train (claims, relevant abstracts, random other abstracts as negatives)"
 
 
-def make_batch(samples, query_len: int, passage_len: int) -> dict[str, np.ndarray]:
-    """The project's retrieval batch layout (train_step.embed_batch), padded to fixed lengths."""
+def make_batch(samples, query_len: int, passage_len: int, tokenizer_dir: str | None = None) -> dict[str, np.ndarray]:
+    """The project's retrieval batch layout (train_step.embed_batch), padded to fixed lengths, tokenised with
+    `load_tokenizer(tokenizer_dir)` (the model directory's tokenizer; the built-in Qwen2.5 one where it has none)."""
     from qzhou_jax.tokenizer import load_tokenizer, tokenize
 
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(tokenizer_dir)
     q = tokenize(tokenizer, [s[0] for s in samples], query_len, pad_to=query_len)
     docs = [d for _, pos, negs in samples for d in [pos, *negs]]
     d = tokenize(tokenizer, docs, passage_len, pad_to=passage_len)
@@ -131,6 +152,17 @@ def _one_cpu_device() -> None:
     """One CPU device, whatever the parent's XLA_FLAGS say (the test suite fakes 8)."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
     os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def step_flops(config, batch_shapes: dict, tokens_anchor: float, tokens_cand: float) -> float:
+    """Model FLOPs of one step: train_step.batch_flops (a forward and a backward pass over every layer, 3x the
+    forward) or, with `config.frozen_layers = k` (partial fine-tuning), a forward over all L layers and a backward
+    over the top L - k only: (L + 2 (L - k)) / 3L of it. Recomputation under remat is not counted (model FLOPs)."""
+    from qzhou_jax.train_step import batch_flops
+
+    layers, frozen = config.num_layers, config.frozen_layers
+    return batch_flops(config, batch_shapes, tokens_anchor, tokens_cand) * (layers + 2 * (layers - frozen)) \
+        / (3 * layers)
 
 
 # ------------------------------------------------------------------------------------------------- JAX side
@@ -187,22 +219,39 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
                 "embedding_mb": state.params["embedding"].nbytes / 2**20}
 
 
+def _trainable_params(params, config) -> int:
+    """How many weights the optimizer may move (all, or those `model.trainable_mask` leaves at 1)."""
+    import jax
+
+    from qzhou_jax import model as qmodel
+
+    if not config.frozen_layers:
+        return sum(leaf.size for leaf in jax.tree.leaves(params))
+    return sum(int(np.broadcast_to(np.asarray(m), leaf.shape).sum())
+               for leaf, m in zip(jax.tree.leaves(params), jax.tree.leaves(qmodel.trainable_mask(params, config))))
+
+
 def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
-            profile: bool = False, scan_layers: bool = True) -> dict:
+            remat: str = "none", trainable: str = "all", profile: bool = False, scan_layers: bool = True) -> dict:
     _one_cpu_device()
     import jax
 
-    from qzhou_jax import batch as batch_lib, losses, optim, sharding
+    from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
     from qzhou_jax.hf.load import load_params
     from qzhou_jax.model import ModelConfig
-    from qzhou_jax.train_step import abstract_state, batch_flops, create_state, make_step_fn, mesh_context
+    from qzhou_jax.model.config import frozen_layers_for
+    from qzhou_jax.train_step import abstract_state, create_state, make_step_fn, mesh_context
 
     start = time.perf_counter()
-    config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy="none",
+    config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy=remat,
                                  scan_layers=scan_layers)
+    config = config.replace(frozen_layers=frozen_layers_for(trainable, config.num_layers))
     mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
     rules = sharding.ShardingRules.create(mesh, config)
-    tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1)
+    # As train.build_state_and_steps: frozen weights' updates (weight decay included) masked to zero.
+    update_mask = (lambda params: qmodel.trainable_mask(params, config)) if config.frozen_layers else None
+    tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1,
+                                        update_mask=update_mask)
     _, st_sh = abstract_state(config, tx, rules)
     typed = batch_lib.Batch.from_host(batch)
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, st_sh.params))
@@ -241,7 +290,9 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     return dict(breakdown=breakdown,
                 load_s=load, rss_loaded_mb=rss_loaded, compile_s=compile_s, warmup_s=step_s[0], step_s=step_s[1:],
                 losses=step_losses, grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(),
-                model_flops=batch_flops(config, shapes, tokens_anchor, tokens_cand),
+                model_flops=step_flops(config, shapes, tokens_anchor, tokens_cand),
+                frozen_layers=config.frozen_layers, remat=config.remat_policy,
+                trainable_params=_trainable_params(state.params, config),
                 device=str(jax.devices()[0].platform), tokens=int(metrics["tokens"]))
 
 
@@ -264,8 +315,29 @@ def torch_retrieval_infonce(q, c, valid, tau: float = TAU):
     return torch.nn.functional.cross_entropy(logits, torch.arange(b) * n_cand)
 
 
+def torch_remat_kwargs(remat: str) -> dict:
+    """transformers' `gradient_checkpointing_kwargs` for a JAX remat policy (see the module docstring): `full`
+    recomputes each layer from its input; `dots` / `dots_no_batch` save matmul outputs (selective checkpointing)."""
+    import functools
+
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    if remat == "full":
+        return {"use_reentrant": False}
+    aten = torch.ops.aten
+    saved = {aten.mm.default, aten.addmm.default}  # the projections (Linear on [tokens, features])
+    if remat == "dots":  # also the batched products: attention (one fused SDPA kernel on CPU)
+        saved |= {aten.bmm.default, aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+    return {"use_reentrant": False,
+            "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
+
+
 def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
-              threads: int) -> dict:
+              remat: str, trainable: str, threads: int) -> dict:
     import contextlib
 
     import torch
@@ -273,15 +345,22 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
     from transformers.masking_utils import create_bidirectional_mask
 
     from qzhou_jax.config_base import base
+    from qzhou_jax.model.config import frozen_layers_for
 
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     opt = base().optim
     start = time.perf_counter()
-    model = transformers.Qwen2Model.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_torch_qwen2(model_dir, torch.float32)
     model.train()  # attention dropout is 0 in the config: train mode changes nothing numerically
     for layer in model.layers:
         layer.self_attn.is_causal = False  # with the bidirectional mask below
+    frozen = frozen_layers_for(trainable, len(model.layers))
+    if frozen:  # as model.trainable_mask: the embedding and the bottom layers; the top layers and final norm train
+        for module in (model.embed_tokens, *model.layers[:frozen]):
+            module.requires_grad_(False)
+    if remat != "none":
+        model.activation_checkpointing_enable(torch_remat_kwargs(remat))  # per layer (every_n_layers=1)
     # As optim.decay_mask: decay matrices and the embedding, not biases or norm scales.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -297,7 +376,8 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
         with autocast:
             embeds = model.embed_tokens(ids)
             full = create_bidirectional_mask(model.config, embeds, mask)
-            hidden = model(inputs_embeds=embeds, attention_mask={"full_attention": full}).last_hidden_state
+            hidden = model(inputs_embeds=embeds, attention_mask={"full_attention": full},
+                           use_cache=False).last_hidden_state
         weights = mask.unsqueeze(-1).float()
         pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
@@ -320,7 +400,8 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
         step_losses.append(loss)
         grad_norms.append(grad_norm)
     return dict(load_s=load, rss_loaded_mb=rss_loaded, warmup_s=step_s[0], step_s=step_s[1:], losses=step_losses,
-                grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(), threads=threads)
+                grad_norms=grad_norms, peak_rss_mb=peak_rss_mb(), threads=threads, frozen_layers=frozen,
+                trainable_params=sum(p.numel() for p in params))
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -335,8 +416,13 @@ def summarise(side: dict, examples: int, real_tokens: int, model_flops: float, p
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser)
+    add_model_args(parser, model_dir=True)
     add_runtime_args(parser, dtype_help="compute dtype; weights and optimizer state stay float32 on both sides")
+    parser.add_argument("--remat", choices=REMAT, default="none",
+                        help="JAX: model.remat_policy; PyTorch: per-layer gradient checkpointing (see above)")
+    parser.add_argument("--trainable", default="all",
+                        help="all, or top:N (partial fine-tuning: the embedding and the layers below the top N "
+                             "frozen, as model.trainable)")
     parser.add_argument("--batch", type=int, default=8, help="queries per step (B)")
     parser.add_argument("--negatives", type=int, default=1, help="hard negatives per query (N)")
     parser.add_argument("--query-len", type=int, default=64)
@@ -358,15 +444,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error("--steps, --batch, lengths and matmul figures must be >= 1, --negatives >= 0")
     clip = 1.0
 
+    from qzhou_jax.model.config import frozen_layers_for
+
     load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     samples, source = retrieval_texts(args.batch, args.negatives)
-    batch = make_batch(samples, args.query_len, args.passage_len)
     peak = in_fresh_process(matmul_flops, args.matmul_size, args.matmul_repeats)
-    with tempfile.TemporaryDirectory(prefix="qzhou_bench_") as model_dir:
-        n_params = make_checkpoint_for(args, model_dir)
-        common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip)
+    with benchmark_checkpoint(args) as (model_dir, info):
+        try:
+            frozen = frozen_layers_for(args.trainable, info["layers"])
+        except ValueError as e:
+            parser.error(f"--trainable: {e}")
+        batch = make_batch(samples, args.query_len, args.passage_len, model_dir)
+        common = (model_dir, batch, args.dtype, args.steps, args.lr, args.weight_decay, clip, args.remat,
+                  args.trainable)
         torch_side = in_fresh_process(run_torch, *common, args.threads)
         jax_side = in_fresh_process(run_jax, *common, args.profile, args.scan_layers)
+    if not jax_side["frozen_layers"] == torch_side["frozen_layers"] == frozen \
+            or jax_side["trainable_params"] != torch_side["trainable_params"]:
+        raise AssertionError(f"the sides train different weights: JAX {jax_side['frozen_layers']} frozen layers, "
+                             f"{jax_side['trainable_params']} params; PyTorch {torch_side['frozen_layers']}, "
+                             f"{torch_side['trainable_params']}")
 
     tokens_anchor = int(batch["anchor_mask"].sum())
     tokens_cand = int((batch["cand_mask"].sum(-1) * batch["cand_valid"]).sum())
@@ -382,15 +479,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cores = len(os.sched_getaffinity(0))
     load = machine_load(load_before, os.getloadavg()[0], cores)
 
-    print(f"{describe_model(args, n_params)}, {args.dtype} compute, fp32 weights and AdamW state "
+    print(f"{describe_model(info)}, {args.dtype} compute, fp32 weights and AdamW state "
           f"(lr {args.lr:g}, weight decay {args.weight_decay:g}, clip {clip:g})")
+    trained = (f"top {info['layers'] - frozen} of {info['layers']} layers + final norm (embedding and bottom "
+               f"{frozen} layers frozen)" if frozen else "all")
+    print(f"trainable: {trained}, {torch_side['trainable_params'] / 1e6:.1f}M params; remat {args.remat} "
+          f"(PyTorch: {'none' if args.remat == 'none' else 'per-layer gradient checkpointing'})")
     print(f"retrieval batch from {source}: {args.batch} queries x (1 + {args.negatives}) passages, lengths "
           f"{args.query_len}/{args.passage_len}; {real_tokens} real tokens ({tokens_anchor} query + {tokens_cand} "
           f"passage) of {padded_tokens} padded; model FLOPs/step {flops / 1e9:.4g} G")
     print(f"machine: {cores} CPU cores visible; JAX jit fp32 {args.matmul_size}^2 matmul "
           f"{peak['best_flops'] / 1e9:.1f} GFLOP/s best, {peak['median_flops'] / 1e9:.1f} median of "
           f"{args.matmul_repeats} (the MFU denominator); {load_note(load)}")
-    print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device, scan_layers={args.scan_layers}); "
+    print(f"JAX on {jax_side['device']} (mesh (-1,1,1), 1 device, scan_layers={args.scan_layers}, "
+          f"remat_policy={jax_side['remat']}, frozen_layers={jax_side['frozen_layers']}); "
           f"PyTorch {torch_side['threads']} threads, SDPA; "
           f"median of {args.steps} timed steps after one warm-up step")
     print(side_by_side_table(TABLE, jax_row, torch_row, scale={"model_flops_per_s": 1e-9},
@@ -411,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"          PyTorch {' '.join(f'{x:.5f}' for x in torch_side['grad_norms'])}  (max rel diff {norm_rel:.2e})")
 
     summary = {
-        "model": model_summary(args, n_params),
+        "model": model_summary(info, args.dtype),
+        "remat": args.remat, "trainable": args.trainable, "frozen_layers": frozen,
+        "trainable_params": torch_side["trainable_params"],
         "data": {"source": source, "batch": args.batch, "negatives": args.negatives, "query_len": args.query_len,
                  "passage_len": args.passage_len, "real_tokens": real_tokens, "query_tokens": tokens_anchor,
                  "passage_tokens": tokens_cand, "padded_tokens": padded_tokens},

@@ -1,5 +1,6 @@
 """benchmarks/common.py: the side-by-side table and the shared command-line flags."""
 import argparse
+import json
 import os
 
 import pytest
@@ -28,10 +29,26 @@ def test_shared_flags_parse_with_their_defaults():
     assert args.dtype == "float32" and args.threads == len(os.sched_getaffinity(0))
     args = parser.parse_args(["--hidden", "32", "--kv-heads", "1", "--dtype", "bfloat16", "--threads", "3"])
     assert (args.hidden, args.kv_heads, args.dtype, args.threads) == (32, 1, "bfloat16", 3)
-    assert common.model_summary(args, 7) == {"params": 7, "hidden": 32, "layers": 12, "heads": 12, "kv_heads": 1,
-                                             "intermediate": 2048, "vocab": 151665, "dtype": "bfloat16"}
+    assert not hasattr(args, "model_dir")  # only benchmarks that can load a real directory offer --model-dir
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "float16"])
+    common.add_model_args(parser := argparse.ArgumentParser(), model_dir=True)
+    assert parser.parse_args([]).model_dir is None and parser.parse_args(["--model-dir", "d"]).model_dir == "d"
+
+
+def test_model_info_reads_the_directorys_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "qwen2", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+         "tie_word_embeddings": True}))
+    info = common.model_info(str(tmp_path), str(tmp_path))
+    # SmolLM2-135M's shape: 134,543,808 encoder params (what transformers' Qwen2Model holds for it).
+    assert info == {"source": str(tmp_path), "params": 134543808, "hidden": 576, "layers": 30, "heads": 9,
+                    "kv_heads": 3, "head_dim": 64, "intermediate": 1536, "vocab": 49152, "tied": True}
+    assert common.model_summary(info, "bfloat16") == {**info, "dtype": "bfloat16"}
+    assert common.describe_model(info) == (f"{tmp_path.name}: 134.5M params (hidden 576, 30 layers, 9/3 heads of "
+                                           "64, ffn 1536, vocab 49152 tied)")
+    assert common.describe_model({**info, "source": "random", "tied": False}).startswith("random Qwen2: ")
 
 
 def test_ratios_are_withheld_when_the_cores_are_oversubscribed():

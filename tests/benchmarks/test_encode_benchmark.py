@@ -1,4 +1,5 @@
-"""Keeps benchmarks/encode.py from rotting: a toy-size run end to end (no timing assertions), and its text loading."""
+"""Keeps benchmarks/encode.py from rotting: toy-size runs end to end (no timing assertions; a random checkpoint, and
+a converted Llama directory with --model-dir), and its text loading."""
 import gzip
 import json
 
@@ -8,6 +9,9 @@ import pytest
 from benchmarks import common
 from benchmarks import encode as bench
 from qzhou_jax.data.shared_data import DATA_DIR_ENV
+from qzhou_jax.hf import convert
+from qzhou_jax.tokenizer import load_tokenizer
+from tests import oracle
 
 TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
        "--texts", "10", "--batch-size", "4", "--max-length", "32", "--repeats", "1", "--threads", "1"]
@@ -46,13 +50,39 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
     # The PyTorch side is an independent implementation: agreement means both encoded the same tokens the same way.
     assert summary["cosine"]["min"] > 0.9999
     texts, _ = bench.load_texts(10, "stsb")
-    from qzhou_jax.tokenizer import load_tokenizer
     tokens = load_tokenizer()(texts, add_special_tokens=False)["input_ids"]
     assert summary["data"]["real_tokens"] == sum(len(t) for t in tokens)
     assert summary["data"]["padded_tokens"] >= summary["data"]["real_tokens"]
     for side in ("jax", "torch"):
         assert summary[side]["texts_per_s"] > 0 and 0 < summary[side]["rss_loaded_mb"] <= summary[side]["peak_rss_mb"]
     assert summary["model"]["params"] > 151665 * 32  # the real vocabulary's embedding table alone
+    assert summary["model"]["source"] == "random" and summary["model"]["vocab"] == 151665
+
+
+def test_model_dir_loads_the_directory_and_its_tokenizer(tmp_path, monkeypatch, capsys):
+    """--model-dir: both sides load a real HF directory (a tiny Llama converted to a tied Qwen2) and tokenise with
+    its own 300-token tokenizer; the size flags are ignored and the model is described from its config."""
+    write_stsb(tmp_path, [("train", f"A man is playing flute number {i}.", f"Someone plays {'a long tune ' * i}.")
+                          for i in range(6)])
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    oracle.make_llama_model(tmp_path / "llama")
+    model_dir = convert.convert(str(tmp_path / "llama"), tmp_path / "qwen2")
+
+    summary = bench.main(TOY + ["--model-dir", str(model_dir)])
+
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
+    assert "\nqwen2: " in "\n" + out and "vocab 300 tied" in out
+    assert summary["cosine"]["min"] > 0.9999
+    model = summary["model"]
+    assert (model["source"], model["hidden"], model["layers"], model["heads"], model["kv_heads"], model["vocab"],
+            model["tied"]) == (str(model_dir), 64, 3, 4, 2, 300, True)
+    texts, _ = bench.load_texts(10, "stsb")
+    def real_tokens_with(tokenizer):  # truncated at --max-length 32, as both sides do
+        return sum(len(t) for t in tokenizer(texts, add_special_tokens=False, truncation=True, max_length=32)[
+            "input_ids"])
+    assert summary["data"]["real_tokens"] == real_tokens_with(load_tokenizer(model_dir)) \
+        != real_tokens_with(load_tokenizer())
 
 
 def test_load_texts_reads_sources_and_falls_back(tmp_path, monkeypatch):

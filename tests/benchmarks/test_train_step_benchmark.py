@@ -1,5 +1,6 @@
-"""Keeps benchmarks/train_step.py from rotting: a toy-size run end to end (no timing assertions), its torch loss
-against the project's, and its retrieval batch."""
+"""Keeps benchmarks/train_step.py from rotting: toy-size runs end to end (no timing assertions; a random
+checkpoint, and a converted Llama directory with --model-dir, --remat full and --trainable top:1), its torch loss
+and remat settings against the project's, and its retrieval batch."""
 import json
 
 import jax
@@ -9,7 +10,9 @@ import torch
 
 from benchmarks import train_step as bench
 from qzhou_jax import losses
+from qzhou_jax.hf import convert
 from qzhou_jax.tokenizer import load_tokenizer
+from tests import oracle
 
 TOY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
        "--batch", "4", "--negatives", "1", "--query-len", "16", "--passage-len", "24", "--steps", "2",
@@ -80,6 +83,71 @@ def test_toy_run_agrees_with_pytorch_and_reports_figures(tmp_path, monkeypatch, 
     # Model FLOPs: 6 x (matmul params) per token + attention, at least the matmul part.
     matmul_params = 32 * 2 * 16 + 2 * 32 * 16 + 2 * 16 * 32 + 3 * 32 * 64
     assert summary["model_flops_per_step"] >= 6 * matmul_params * (query_tokens + 4 * 2 * 24)
+    assert summary["model"] == {"source": "random", "params": summary["model"]["params"], "hidden": 32, "layers": 1,
+                                "heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 64, "vocab": 151665,
+                                "tied": False, "dtype": "float32"}
+    assert (summary["remat"], summary["trainable"], summary["frozen_layers"]) == ("none", "all", 0)
+    assert summary["trainable_params"] == summary["model"]["params"]
+
+
+@pytest.mark.slow  # ~30-50 s: as above, plus the conversion of a tiny Llama
+def test_model_dir_with_remat_and_partial_fine_tuning_agrees_with_pytorch(tmp_path, monkeypatch, capsys):
+    """--model-dir: both sides load a real HF directory (a tiny Llama converted to a tied Qwen2 with its own
+    300-token tokenizer); --remat full (PyTorch: per-layer gradient checkpointing) and --trainable top:1 (the
+    embedding and the bottom 2 of 3 layers frozen on both sides) still give the same losses step by step."""
+    write_scifact(tmp_path)
+    monkeypatch.setenv("QZHOU_DATA_DIR", str(tmp_path))
+    oracle.make_llama_model(tmp_path / "llama")
+    model_dir = convert.convert(str(tmp_path / "llama"), tmp_path / "qwen2")
+    toy = [a for a in TOY if a not in ("--profile", "--no-scan-layers")]
+
+    summary = bench.main(toy + ["--model-dir", str(model_dir), "--remat", "full", "--trainable", "top:1"])
+
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
+    assert "\nqwen2: " in "\n" + out and "vocab 300 tied" in out and "frozen" in out
+    d, f, h, kv, hd, vocab = 64, 96, 4, 2, 16, 300  # oracle.make_llama_model's sizes; the size flags are ignored
+    layer = d * h * hd + h * hd + 2 * (d * kv * hd + kv * hd) + h * hd * d + 3 * d * f + 2 * d
+    assert summary["model"] == {"source": str(model_dir), "params": vocab * d + 3 * layer + d, "hidden": d,
+                                "layers": 3, "heads": h, "kv_heads": kv, "head_dim": hd, "intermediate": f,
+                                "vocab": vocab, "tied": True, "dtype": "float32"}
+    assert (summary["remat"], summary["trainable"], summary["frozen_layers"]) == ("full", "top:1", 2)
+    assert summary["trainable_params"] == layer + d  # the top layer and the final norm
+    np.testing.assert_allclose(summary["jax"]["losses"], summary["torch"]["losses"], rtol=1e-4)
+    np.testing.assert_allclose(summary["jax"]["grad_norms"], summary["torch"]["grad_norms"], rtol=1e-4)
+    assert summary["jax"]["losses"][2] < summary["jax"]["losses"][0]
+    # Tokenised with the directory's own tokenizer (the built-in Qwen2.5 one would give ids past its 300 rows);
+    # its small vocabulary splits words finely, so queries are truncated at --query-len 16.
+    def query_tokens_with(tokenizer):
+        return sum(min(len(ids), 16) for ids in tokenizer(QUERIES[:4], add_special_tokens=False)["input_ids"])
+    query_tokens = query_tokens_with(load_tokenizer(model_dir))
+    assert summary["data"]["query_tokens"] == query_tokens != query_tokens_with(load_tokenizer())
+    # Model FLOPs with 2 of 3 layers frozen: a forward over all 3, a backward over 1: (3 + 2) / 9 of full training.
+    tokens = {"anchor": query_tokens, "cand": summary["data"]["passage_tokens"]}
+    full = sum(tokens[side] * (6 * (layer - h * hd - 2 * kv * hd - 2 * d) * 3 + 3 * 3 * 4 * length * h * hd)
+               for side, length in (("anchor", 16), ("cand", 24)))
+    assert summary["model_flops_per_step"] == pytest.approx(full * 5 / 9)
+
+
+def test_torch_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    """The PyTorch side's remat settings (per-layer checkpointing; selective for dots*) change memory, not math."""
+    model = oracle.make_hf_model(tmp_path / "m").train()
+    ids = torch.randint(0, 300, (2, 9))
+
+    def grads(remat):
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing_disable()
+        if remat != "none":
+            model.activation_checkpointing_enable(bench.torch_remat_kwargs(remat))
+        assert all(layer.gradient_checkpointing is (remat != "none") for layer in model.layers)
+        model(ids, use_cache=False).last_hidden_state.square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want = grads("none")
+    for remat in ("full", "dots", "dots_no_batch"):
+        got = grads(remat)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=f"{remat}: {name}")
 
 
 def test_torch_infonce_matches_the_projects_retrieval_loss():
