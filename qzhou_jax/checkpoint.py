@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from qzhou_jax import fingerprint
+from qzhou_jax.cli_errors import RunFailed
 from qzhou_jax.model import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def make_manager(workdir: str, *, every: int, keep: int, keep_best: bool = False
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS, item_handlers=handlers)
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(RunFailed):
     """A checkpoint save failed (e.g. a full disk); names the directory and its free space."""
 
 
@@ -140,9 +141,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter) ->
         log.info("resumed from checkpoint step %d", step)
         return restored["state"], step, restored["meta"]
     if failed:
-        raise RuntimeError(f"{manager.directory}: none of the checkpoints {[s for s, _ in failed]} can be restored; "
-                           f"newest error: {failed[0][1]!r}. Fix or remove them (a changed model or optimizer "
-                           f"config also makes them unreadable); nothing was moved.")
+        raise RunFailed(f"{manager.directory}: none of the checkpoints {[s for s, _ in failed]} can be restored; "
+                        f"newest error: {failed[0][1]!r}. Fix or remove them (a changed model or optimizer "
+                        f"config also makes them unreadable); nothing was moved.")
     return None
 
 
@@ -239,7 +240,7 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             last_error = e
             _warn(f"{workdir}: checkpoint step {candidate} unreadable ({type(e).__name__}: {str(e)[:300]}); "
                   f"trying an older one")
-    raise RuntimeError(f"{workdir}: no readable checkpoint ({last_error})")
+    raise RunFailed(f"{workdir}: no readable checkpoint ({last_error})")
 
 
 def is_workdir(path: str) -> bool:

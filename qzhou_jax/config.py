@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from qzhou_jax.cli_errors import UsageError
 
-class ConfigLoadError(ValueError):
+
+class ConfigLoadError(UsageError):
     """The config file or an override is wrong; the message names which and why."""
 
 

@@ -14,10 +14,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.config_base import REQUIRED
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config mistake; `str(err)` is one line: "config.train.steps = 0: must be a positive integer"."""
 
     def __init__(self, field: str, value: Any, message: str):

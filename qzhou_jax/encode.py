@@ -25,7 +25,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from qzhou_jax import cli_errors
 from qzhou_jax import model as qmodel
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.tokenizer import PromptConfig, bucket_length, check_vocab, load_tokenizer, pad_rows
 
@@ -60,7 +62,7 @@ class Encoder:
                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None):
         check_vocab(tokenizer, config.vocab_size, "encode")
         if batch_size < 1 or max_length < 1 or max_batch_tokens < 1:
-            raise ValueError(f"batch_size ({batch_size}), max_length ({max_length}) and max_batch_tokens "
+            raise UsageError(f"batch_size ({batch_size}), max_length ({max_length}) and max_batch_tokens "
                              f"({max_batch_tokens}) must be >= 1")
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_length, self.batch_size, self.prompt = max_length, batch_size, prompt
@@ -78,6 +80,7 @@ class Encoder:
         """Loads an HF Qwen2 directory (or a qzhou-jax export). No tokenizer files there: the built-in Qwen2.5 one."""
         from qzhou_jax.hf.load import load_params  # local: keeps `import qzhou_jax.encode` light
 
+        check_model_dir(model_dir)
         overrides = {k: v for k, v in (("attention", attention), ("pooling", pooling)) if v is not None}
         config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype, **overrides)
         params = load_params(model_dir, config)
@@ -96,6 +99,8 @@ class Encoder:
         """[N, D] float32 unit vectors in input order (`dim`: Matryoshka truncation)."""
         texts = list(texts)
         batch_size = batch_size or self.batch_size
+        if dim is not None and not 1 <= dim <= self.config.hidden_size:
+            raise UsageError(f"dim {dim}: must be within 1..{self.config.hidden_size} (the model's hidden size)")
         out_dim = dim or self.config.hidden_size
         if not texts:
             return np.zeros((0, out_dim), np.float32)
@@ -120,6 +125,15 @@ class Encoder:
         if progress:
             print(file=sys.stderr)
         return result
+
+
+def check_model_dir(model_dir: str, flag: str = "model directory") -> None:
+    """An HF Qwen2 directory or a qzhou-jax export holds config.json (its weights are checked as they load)."""
+    if not os.path.isdir(model_dir):
+        raise UsageError(f"{flag} {model_dir}: no such directory")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UsageError(f"{flag} {model_dir}: no config.json there, so it is not an HF Qwen2 directory or a "
+                         f"qzhou-jax export")
 
 
 def _prompt_from_dir(model_dir: str) -> PromptConfig:
@@ -151,7 +165,7 @@ def read_texts(path: str, *, empty_lines: str = "error") -> list[str]:
         try:
             lines.append(line.removesuffix(b"\r").decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{number}: not UTF-8 (byte {line[e.start:e.start + 1]!r} at column "
+            raise UsageError(f"{path}:{number}: not UTF-8 (byte {line[e.start:e.start + 1]!r} at column "
                              f"{e.start + 1})") from None
     jsonl = path.endswith(".jsonl") or bool(lines and lines[0].lstrip().startswith("{"))
     texts, empty = [], []
@@ -161,14 +175,14 @@ def read_texts(path: str, *, empty_lines: str = "error") -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+                raise UsageError(f"{path}:{number}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: field 'text' is missing or not a string")
+                raise UsageError(f"{path}:{number}: field 'text' is missing or not a string")
             text = record["text"]
         if not text.strip():
             if empty_lines == "error":
                 what = "an empty 'text'" if jsonl and line.strip() else "an empty line"
-                raise ValueError(f"{path}:{number}: {what}; every line is one text, so remove it, or pass "
+                raise UsageError(f"{path}:{number}: {what}; every line is one text, so remove it, or pass "
                                  f"--empty-lines zeros to keep an all-zero row for it")
             empty.append(number)
         texts.append(text)
@@ -193,18 +207,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="padded tokens per forward batch (long texts get smaller batches)")
     parser.add_argument("--empty-lines", choices=("error", "zeros"), default="error",
                         help="an empty input line: an error naming it (default), or an all-zero row")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli_errors.setup_logging(args.debug)
 
-    encoder = Encoder.from_pretrained(args.model, dtype=args.dtype, attention=args.attention,
-                                      pooling=args.pooling, max_length=args.max_length,
-                                      batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
-    texts = read_texts(args.input, empty_lines=args.empty_lines)
-    start = time.time()
-    embeddings = encoder.encode(texts, args.instruction, dim=args.dim, progress=True)
-    embeddings[[i for i, t in enumerate(texts) if not t.strip()]] = 0.0  # --empty-lines zeros: the documented row
-    np.save(args.output, embeddings)
-    log.info("wrote %s: %d x %d in %.1fs", args.output, *embeddings.shape, time.time() - start)
+    with cli_errors.reported(args.debug):
+        check_model_dir(args.model, "--model")
+        texts = read_texts(args.input, empty_lines=args.empty_lines)  # a bad line is named before the model loads
+        hidden = ModelConfig.from_hf(args.model).hidden_size
+        if args.dim is not None and not 1 <= args.dim <= hidden:
+            raise UsageError(f"--dim {args.dim}: must be within 1..{hidden} (the hidden size of {args.model})")
+        encoder = Encoder.from_pretrained(args.model, dtype=args.dtype, attention=args.attention,
+                                          pooling=args.pooling, max_length=args.max_length,
+                                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+        start = time.time()
+        embeddings = encoder.encode(texts, args.instruction, dim=args.dim, progress=True)
+        embeddings[[i for i, t in enumerate(texts) if not t.strip()]] = 0.0  # --empty-lines zeros: the documented row
+        np.save(args.output, embeddings)
+        log.info("wrote %s: %d x %d in %.1fs", args.output, *embeddings.shape, time.time() - start)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ A thin command line over `qzhou_jax.hf.export.export_hf`. Training checkpoints a
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 
 from qzhou_jax.hf.export import DEFAULT_MAX_SEQ_LENGTH, DEFAULT_QUERY_INSTRUCTION, EXPORT_DTYPES, export_hf
 from qzhou_jax.model import ModelConfig
-from qzhou_jax import run_meta
+from qzhou_jax import cli_errors, encode, run_meta
 from qzhou_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,31 @@ def main(argv=None) -> None:
                         help="instruction of sentence-transformers' 'query' prompt, which encode_query applies "
                              "(default: QZhou's web-search retrieval one; '' makes encode_query add nothing)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.step is not None and not args.workdir:
         parser.error("--step needs --workdir")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli_errors.setup_logging(args.debug)
 
-    if args.workdir:
-        params, config, prompt, tokenizer_dir, source = from_workdir(args.workdir, args.step)
-    else:
-        params, config, prompt, tokenizer_dir, source = from_hf(args.params_from_hf, args.dtype)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir)  # a dir without tokenizer files: built-in
-    export_hf(params, config, args.out, tokenizer=tokenizer, dtype=args.dtype, prompt=prompt,
-              max_shard_bytes=args.max_shard_size, max_seq_length=args.max_seq_length,
-              query_instruction=args.query_instruction, overwrite=args.overwrite, source=source)
+    with cli_errors.reported(args.debug):
+        if not args.overwrite and holds_model(args.out):  # before a checkpoint (minutes for 7B) is restored
+            raise cli_errors.UsageError(f"--out {args.out} already holds a model (config.json or weights); "
+                                        f"pass --overwrite to replace it")
+        if args.workdir:
+            params, config, prompt, tokenizer_dir, source = from_workdir(args.workdir, args.step)
+        else:
+            encode.check_model_dir(args.params_from_hf, "--params-from-hf")
+            params, config, prompt, tokenizer_dir, source = from_hf(args.params_from_hf, args.dtype)
+        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir)  # a dir without tokenizer files: built-in
+        export_hf(params, config, args.out, tokenizer=tokenizer, dtype=args.dtype, prompt=prompt,
+                  max_shard_bytes=args.max_shard_size, max_seq_length=args.max_seq_length,
+                  query_instruction=args.query_instruction, overwrite=args.overwrite, source=source)
+
+
+def holds_model(out_dir: str) -> bool:
+    """What export_hf refuses to replace without overwrite: a config.json or safetensors weights."""
+    return os.path.exists(os.path.join(out_dir, "config.json")) or bool(
+        glob.glob(os.path.join(glob.escape(out_dir), "model*.safetensors*")))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import Sequence
 
+from qzhou_jax import cli_errors
 from qzhou_jax.mining.run import MineConfig, mine
 from qzhou_jax.mining.select import SelectConfig, parse_window
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[MineConfig, bool]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[MineConfig, bool, bool]:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.mine", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="HF Qwen2 directory, qzhou-jax export or training workdir")
     parser.add_argument("--input", required=True, help="FlagEmbedding JSONL (query, pos, neg?, prompt?)")
@@ -49,7 +49,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MineConfig, bool]:
     parser.add_argument("--corpus-chunk", type=int, default=8192, help="passages per device score block")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
+    with cli_errors.reported(args.debug):  # a bad --range or rule: one line naming it, exit 2
+        cfg = _config(args)
+    return cfg, args.distributed, args.debug
+
+
+def _config(args) -> MineConfig:
     select = SelectConfig(negatives=args.negatives, window=parse_window(args.range),
                           relative_margin=args.relative_margin, max_score_ratio=args.max_score_ratio,
                           keep_existing=args.keep_existing, min_positive_rank=args.min_positive_rank,
@@ -58,17 +65,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MineConfig, bool]:
                      instruction=args.instruction, prompt_sep=args.prompt_sep, cache=args.cache,
                      batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
                      encode_chunk=args.encode_chunk, query_batch=args.query_batch, corpus_chunk=args.corpus_chunk)
-    return cfg, args.distributed
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    cfg, distributed = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if distributed:
-        from qzhou_jax.train import initialize_distributed
-        initialize_distributed()
-    stats = mine(cfg)
-    print(json.dumps(stats), flush=True)
+    cfg, distributed, debug = parse_args(argv)
+    cli_errors.setup_logging(debug)
+    with cli_errors.reported(debug):
+        if distributed:
+            from qzhou_jax.train import initialize_distributed
+            initialize_distributed()
+        stats = mine(cfg)
+        print(json.dumps(stats), flush=True)
     return stats
 
 

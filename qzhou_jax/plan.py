@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from qzhou_jax import batch as batch_lib, hardware
+from qzhou_jax import batch as batch_lib, cli_errors, hardware
 from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.train_step import batch_flops, mesh_context
 
@@ -41,7 +41,7 @@ LEVERS = ("--config.train.gradcache_chunks=K (activation memory flat in the batc
           "packing (fewer padded tokens per step), or shorter max_len_passage / smaller batch")
 
 
-class PlanError(RuntimeError):
+class PlanError(cli_errors.RunFailed):
     """The topology cannot be compiled for here (no backend), or a step does not fit."""
 
 
@@ -218,13 +218,12 @@ def main(argv=None) -> None:
     parser.add_argument("--hbm-gib", "--hbm_gib", dest="hbm_gib", type=float, default=0.0,
                         help="memory budget per chip in GiB (0: the chip's HBM)")
     parser.add_argument("--json", default="", help="also write the report as JSON to this path")
+    cli_errors.add_debug_flag(parser)
     args, cfg = parse_config_args(parser, argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    try:
+    cli_errors.setup_logging(args.debug, level=logging.WARNING, fmt="%(levelname)s %(name)s: %(message)s",
+                             stream=sys.stdout)
+    with cli_errors.reported(args.debug):  # PlanError: exit 1; config mistakes: exit 2
         report = plan(cfg, args.topology, mfu=args.mfu, hbm_gib=args.hbm_gib)
-    except PlanError as e:
-        print(f"plan: {e}", file=sys.stderr)
-        sys.exit(1)
     print(format_report(report), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -20,6 +20,7 @@ import logging
 import sys
 from typing import Sequence
 
+from qzhou_jax import cli_errors
 from qzhou_jax.synthesis import prompts
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--input", required=True)
     d.add_argument("--output", required=True)
     _add_decontam_args(d)
+    for sub_parser in sub.choices.values():
+        cli_errors.add_debug_flag(sub_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Prints the summary as one JSON line; a known error is one line (exit status 2: bad usage, HTTP 401/403)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cli_errors.setup_logging(args.debug, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    with cli_errors.reported(args.debug):
+        summary = _run(args)
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+    return summary
+
+
+def _run(args) -> dict:
     if args.command == "merge":
         from qzhou_jax.synthesis.merge import merge
 
@@ -100,15 +111,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         from qzhou_jax.synthesis.run import SynthesisConfig, run
 
-        from qzhou_jax.synthesis.client import AuthError
-
-        fields = {k: v for k, v in vars(args).items() if k != "command"}
-        try:
-            summary = run(SynthesisConfig(generator=args.command, **fields))
-        except AuthError as err:  # everything so far is saved; a traceback would add nothing
-            log.error("%s", err)
-            raise SystemExit(2) from None
-    print(json.dumps(summary, ensure_ascii=False), flush=True)
+        fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
+        summary = run(SynthesisConfig(generator=args.command, **fields))  # AuthError: exit 2, all so far saved
     return summary
 
 

@@ -34,14 +34,16 @@ from qzhou_jax.run_meta import prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train_step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn,
                                   mesh_context)
-from qzhou_jax.workdir_lock import WorkdirBusyError, WorkdirLock
+from qzhou_jax.workdir_lock import WorkdirLock
+from qzhou_jax import cli_errors
+from qzhou_jax.cli_errors import RunFailed
 
 log = logging.getLogger("qzhou_jax.train")
 
 BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (qzhou_jax/batch.py)
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunFailed):
     pass
 
 
@@ -192,7 +194,12 @@ DONE = "done.json"
 
 
 def _run_locked(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any]:
-    os.makedirs(workdir, exist_ok=True)
+    try:  # before any data loads or step compiles: an unwritable workdir would fail only at the first save
+        os.makedirs(workdir, exist_ok=True)
+        if not os.access(workdir, os.W_OK):
+            raise PermissionError(13, "not writable", workdir)
+    except OSError as e:
+        raise cli_errors.UsageError(f"--workdir: cannot write to {workdir} ({e.strerror or e})") from None
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         return _run_stage(cfg, workdir, after_step)
@@ -431,18 +438,15 @@ def main(argv=None, after_step: AfterStep | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, TensorBoard and the export go here")
+    cli_errors.add_debug_flag(parser)
     args, cfg = parse_config_args(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    cli_errors.setup_logging(args.debug, stream=sys.stdout, fmt="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
+    with cli_errors.reported(args.debug):  # known errors: one line naming the key / file, exit 2 or 1
         if cfg.get("distributed"):
             initialize_distributed()
         summary = run(cfg, args.workdir, after_step=after_step)
-    except (config_check.ConfigError, WorkdirBusyError, checkpoint.CheckpointSaveError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)  # one line, no traceback: the message says it all
-        sys.exit(2 if isinstance(e, config_check.ConfigError) else 1)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "stages")}), flush=True)
 
 

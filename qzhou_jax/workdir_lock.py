@@ -12,8 +12,10 @@ import os
 import socket
 import time
 
+from qzhou_jax.cli_errors import RunFailed
 
-class WorkdirBusyError(RuntimeError):
+
+class WorkdirBusyError(RunFailed):
     pass
 
 

@@ -148,3 +148,36 @@ def test_tokenizer_larger_than_the_vocabulary_and_truncated_tokenizer_files(tmp_
     (small / "tokenizer.json").write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match=r"small/tokenizer\.json:\d+:\d+: invalid JSON.*truncated"):
         load_tokenizer(str(small))
+
+
+def _cli(argv, capsys):
+    """main(argv) as a user runs it: (exit status, stderr)."""
+    try:
+        main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+def test_usage_errors_are_one_line_naming_the_flag_or_file(model_dir, tmp_path, capsys):
+    directory, _ = model_dir
+    src = tmp_path / "texts.txt"
+    src.write_text("one\ntwo\n")
+    args = ["--input", str(src), "--output", str(tmp_path / "e.npy")]
+    for dim in ("0", "33"):  # the tiny model's hidden size is 32
+        status, err = _cli(["--model", str(directory), *args, "--dim", dim], capsys)
+        assert (status, err) == (2, f"error: --dim {dim}: must be within 1..32 (the hidden size of {directory})\n")
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text((directory / "config.json").read_text())
+    status, err = _cli(["--model", str(tmp_path / "no_weights"), *args], capsys)
+    assert status == 2 and err.startswith(f"error: {tmp_path}/no_weights: no model.safetensors") and \
+        err.count("\n") == 1
+    status, err = _cli(["--model", str(tmp_path), *args], capsys)
+    assert (status, err) == (2, f"error: --model {tmp_path}: no config.json there, so it is not an HF Qwen2 "
+                                f"directory or a qzhou-jax export\n")
+    status, err = _cli(["--model", str(tmp_path / "nowhere"), *args], capsys)
+    assert (status, err) == (2, f"error: --model {tmp_path}/nowhere: no such directory\n")
+    assert not (tmp_path / "e.npy").exists()
+    with pytest.raises(ValueError, match=r"--dim 33: must be within 1..32"):  # --debug: the exception itself
+        main(["--model", str(directory), *args, "--dim", "33", "--debug"])

@@ -215,3 +215,59 @@ def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_runn
         state, metrics = step(state, b)
         expected.append(float(metrics["loss"]))
     assert got == expected
+
+
+def _train_cli(argv, capsys):
+    """train.main as a user runs it: (exit status, stderr)."""
+    try:
+        train.main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+def test_bad_rows_without_skipping_are_one_line_naming_file_and_line(tmp_path, capsys):
+    import json
+    import textwrap
+
+    rows = [json.dumps({"query": f"q {i}", "pos": [f"p {i}"]}) for i in range(40)]
+    (tmp_path / "ret.jsonl").write_text("\n".join(rows[:5] + ['{"pos": ["no query"]}'] + rows[5:]) + "\n")
+    (tmp_path / "cfg.py").write_text(textwrap.dedent(f"""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("demo_config", {os.path.join(ROOT, "configs", "demo.py")!r})
+        demo = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(demo)
+
+
+        def get_config():
+            c = demo.stage1()
+            c.data.datasets = [dict(name="ret", source="jsonl:{tmp_path}/ret.jsonl", task="retrieval",
+                                    num_negatives=0)]
+            c.data.batch_size = dict(retrieval=8, pair_score=8, classification=8)
+            c.eval.tasks = ()
+            return c
+        """))
+    status, err = _train_cli(["--config", str(tmp_path / "cfg.py"), "--workdir", str(tmp_path / "run")], capsys)
+    assert (status, err) == (2, f"error: {tmp_path}/ret.jsonl:6: field 'query' is missing\n")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ValueError, match=r"ret.jsonl:6: field 'query' is missing"):  # --debug: the exception
+        train.main(["--config", str(tmp_path / "cfg.py"), "--workdir", str(tmp_path / "run"), "--debug"])
+
+
+def test_a_read_only_workdir_is_named_before_anything_loads(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (not root?)")
+    loaded = []
+    monkeypatch.setattr(train.data_pipeline, "build_pipeline", lambda *a, **k: loaded.append(a))
+    try:
+        status, err = _train_cli(["--config", STAGE1, "--workdir", str(mount / "run")], capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+    assert (status, err) == (2, f"error: --workdir: cannot write to {mount}/run (Read-only file system)\n")
+    assert loaded == []

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import transforms
 from qzhou_jax.data.errors import DataError
 from qzhou_jax.data.formats import (
@@ -152,11 +153,11 @@ DEFAULT_TRANSFORM = {RETRIEVAL: "retrieval", PAIR_SCORE: "sts", CLASSIFICATION: 
 def get_adapter(transform: str, fields: Mapping[str, str] | None = None) -> tuple[Adapter, dict[str, str]]:
     """The adapter and its field mapping with `fields` overrides applied (unknown keys are an error)."""
     if transform not in ADAPTERS:
-        raise ValueError(f"unknown transform {transform!r}; expected one of {sorted(ADAPTERS)}")
+        raise UsageError(f"unknown transform {transform!r}; expected one of {sorted(ADAPTERS)}")
     adapter = ADAPTERS[transform]
     unknown = set(fields or {}) - set(adapter.fields)
     if unknown:
-        raise ValueError(f"transform {transform!r} has no fields {sorted(unknown)}; "
+        raise UsageError(f"transform {transform!r} has no fields {sorted(unknown)}; "
                          f"its fields are {sorted(adapter.fields)}")
     return adapter, {**adapter.fields, **(fields or {})}
 

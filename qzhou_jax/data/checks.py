@@ -8,11 +8,12 @@
 """
 from __future__ import annotations
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 
 
-class DatasetRefused(ValueError):
+class DatasetRefused(UsageError):
     pass
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from qzhou_jax.cli_errors import UsageError
 
-class DataError(ValueError):
+
+class DataError(UsageError):
     """A bad input row. `str(err)` reads "path:line: field 'query' is missing"."""
 
     def __init__(self, where: str, message: str):

@@ -14,6 +14,7 @@ import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import sources
 
 
@@ -21,7 +22,7 @@ def parse(location: str) -> tuple[str, str]:
     """"owner/repo:pattern" -> (repo id, pattern)."""
     repo, sep, pattern = location.partition(":")
     if not sep or repo.count("/") != 1 or not pattern:
-        raise ValueError(f"hub source {location!r} must be 'owner/repo:glob' (e.g. 'Shitao/bge-m3-data:**/*.jsonl')")
+        raise UsageError(f"hub source {location!r} must be 'owner/repo:glob' (e.g. 'Shitao/bge-m3-data:**/*.jsonl')")
     return repo, pattern
 
 
@@ -67,4 +68,4 @@ def read_rows(location: str, invalid: sources.Invalid = sources.raise_invalid) -
         elif name.endswith(".parquet"):
             yield from sources.read_parquet(path)
         else:
-            raise ValueError(f"hub:{location}: {path.name} is neither JSONL nor Parquet")
+            raise UsageError(f"hub:{location}: {path.name} is neither JSONL nor Parquet")

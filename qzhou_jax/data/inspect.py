@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from qzhou_jax import cli_errors
 from qzhou_jax.config import parse_config_args
 from qzhou_jax.data.pipeline import build_pipeline, load_datasets, mixture_info
 from qzhou_jax.data.spec import DataConfig
@@ -83,7 +84,13 @@ def main(argv=None) -> int:
     parser.add_argument("--hist-batches", type=int, default=50, help="batches for the length histograms")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: built-in Qwen2.5)")
     parser.add_argument("--process-count", type=int, default=1, help="hosts to divide the global batch by")
+    cli_errors.add_debug_flag(parser)
     args, cfg = parse_config_args(parser, argv)
+    with cli_errors.reported(args.debug):  # bad rows, refused datasets, damaged shards: one line, exit 2
+        return _inspect(args, cfg)
+
+
+def _inspect(args, cfg) -> int:
     data = DataConfig.from_config(data_block(cfg))
     datasets, counter = load_datasets(data)
     info = mixture_info(data, datasets, counter, args.process_count)

@@ -28,6 +28,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data.formats import RETRIEVAL, check_task
 
 _CHUNK = 1024  # steps drawn per RNG call; chunk c uses default_rng([seed, _SALT, c])
@@ -44,20 +45,20 @@ def sampling_probabilities(sizes: Sequence[int], tasks: Sequence[str], alpha: fl
     if len(tasks) != len(sizes):
         raise ValueError(f"{len(sizes)} sizes but {len(tasks)} task types")
     if np.any(sizes <= 0):
-        raise ValueError(f"every dataset needs at least one sample, sizes {sizes.astype(int).tolist()}")
+        raise UsageError(f"every dataset needs at least one sample, sizes {sizes.astype(int).tolist()}")
     weights = np.ones_like(sizes) if weights is None else np.asarray(weights, dtype=np.float64)
     if weights.shape != sizes.shape or np.any(weights <= 0):
-        raise ValueError(f"weights must be positive, one per dataset; got {weights.tolist()}")
+        raise UsageError(f"weights must be positive, one per dataset; got {weights.tolist()}")
     for task in tasks:
         check_task(task)
     mass = weights * sizes ** float(alpha)
     if eta is None:
         return mass / mass.sum()
     if not 0.0 < eta < 1.0:
-        raise ValueError(f"eta must lie in (0, 1), got {eta}")
+        raise UsageError(f"eta must lie in (0, 1), got {eta}")
     is_retrieval = np.array([t == RETRIEVAL for t in tasks])
     if is_retrieval.all() or not is_retrieval.any():
-        raise ValueError("eta splits retrieval vs other datasets; the mixture must contain both "
+        raise UsageError("eta splits retrieval vs other datasets; the mixture must contain both "
                          "(set eta=None for a single-group mixture)")
     return np.where(is_retrieval, eta * mass / mass[is_retrieval].sum(),
                     (1.0 - eta) * mass / mass[~is_retrieval].sum())
@@ -65,7 +66,7 @@ def sampling_probabilities(sizes: Sequence[int], tasks: Sequence[str], alpha: fl
 
 def host_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} hosts")
+        raise UsageError(f"global batch size {global_batch_size} is not divisible by {process_count} hosts")
     return global_batch_size // process_count
 
 
@@ -84,7 +85,7 @@ def dataset_stream(num_samples: int, example_fn: Callable[[int, np.random.Genera
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     global_batch = host_batch * process_count
     if num_samples < global_batch:
-        raise ValueError(f"a dataset of {num_samples} samples cannot fill one global batch of {global_batch} "
+        raise UsageError(f"a dataset of {num_samples} samples cannot fill one global batch of {global_batch} "
                          f"without repeating samples: lower the task's batch_size or add data")
     per_epoch = num_samples // global_batch * global_batch
     ds = grain.MapDataset.range(num_samples).shuffle(seed=seed).slice(slice(0, per_epoch)).repeat()

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from qzhou_jax.cli_errors import UsageError
+
 PACKED_KEYS = ("packed_ids", "packed_segment_ids", "packed_segment_lengths", "packed_anchor_index",
                "packed_cand_index")
 PACKED_NDIMS = {"packed_ids": 2, "packed_segment_ids": 2, "packed_segment_lengths": 2, "packed_anchor_index": 1,
@@ -54,7 +56,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> np.ndarray:
     """Row of each item (-1 for zero-length items): longest first, each into the first row with room."""
     lengths = np.asarray(lengths, np.int64)
     if lengths.size and lengths.max() > capacity:
-        raise ValueError(f"a text of {int(lengths.max())} tokens does not fit a packed row of {capacity} tokens; "
+        raise UsageError(f"a text of {int(lengths.max())} tokens does not fit a packed row of {capacity} tokens; "
                          "set data.packing to at least the longest max_len_query / max_len_passage")
     row_of = np.full(lengths.shape, -1, np.int64)
     free = np.empty(0, np.int64)
@@ -139,7 +141,7 @@ class PackingCollator:
         self.collator, self.row_length, self.row_multiple = collator, int(row_length), int(row_multiple)
         spec = getattr(collator, "spec", None)
         if spec is not None and max(spec.max_len_query, spec.max_len_passage) > self.row_length:
-            raise ValueError(f"data.packing row length {self.row_length} is shorter than dataset "
+            raise UsageError(f"data.packing row length {self.row_length} is shorter than dataset "
                              f"{spec.dataset_id}'s max_len_query {spec.max_len_query} / max_len_passage "
                              f"{spec.max_len_passage}")
 

@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import adapters, checks, hub, mixture, packing, prepared, shared_data, sources
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
@@ -56,11 +57,11 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
     elif spec.kind == "tfds":
         rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and _expand(spec.data_dir))
     else:
-        raise ValueError(f"{spec.name}: unknown source kind {spec.kind!r}")
+        raise UsageError(f"{spec.name}: unknown source kind {spec.kind!r}")
     transform = spec.transform or adapters.DEFAULT_TRANSFORM[spec.task]
     adapter, _ = adapters.get_adapter(transform, spec.fields)
     if adapter.task != spec.task:
-        raise ValueError(f"{spec.name}: transform {transform!r} makes {adapter.task!r} samples, task is {spec.task!r}")
+        raise UsageError(f"{spec.name}: transform {transform!r} makes {adapter.task!r} samples, task is {spec.task!r}")
     options = adapters.AdapterOptions(spec.instruction, spec.max_chars, spec.max_words, spec.label_names)
     return adapters.samples_from_rows(rows, transform, spec.fields, options, invalid)
 
@@ -78,7 +79,7 @@ def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
     """A prepared dataset as a lazy sequence (max_examples / both_directions as views; nothing is read)."""
     samples = prepared.PreparedSamples(_expand(spec.location))
     if samples.task != spec.task:
-        raise ValueError(f"{spec.name}: {spec.location} holds {samples.task!r} samples, task is {spec.task!r}")
+        raise DataError(spec.source, f"holds {samples.task!r} samples, the config's task is {spec.task!r}")
     if (keep := _subset_indices(spec, len(samples), seed)) is not None:
         if spec.task == CLASSIFICATION:  # drop labels our own subsampling left with one text (counted)
             labels = np.asarray(samples.labels)[keep]
@@ -90,7 +91,7 @@ def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
     if spec.task == PAIR_SCORE and spec.both_directions:
         samples = prepared.BothDirections(samples)
     if not len(samples):
-        raise ValueError(f"{spec.name} ({spec.source}): no samples")
+        raise UsageError(f"{spec.name} ({spec.source}): no samples")
     return samples
 
 
@@ -119,7 +120,7 @@ def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list
     if spec.task == PAIR_SCORE and spec.both_directions:
         samples = both_directions(samples)
     if not samples:
-        raise ValueError(f"{spec.name} ({spec.source}, split {spec.split!r}): no samples")
+        raise UsageError(f"{spec.name} ({spec.source}, split {spec.split!r}): no samples")
     return samples
 
 
@@ -174,7 +175,7 @@ def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counte
     p = mixture.sampling_probabilities(sizes, tasks, config.alpha, config.eta, [d.spec.weight for d in datasets])
     for task in set(tasks):
         if task not in config.batch_size:
-            raise ValueError(f"config.data.batch_size has no entry for task {task!r}")
+            raise UsageError(f"config.data.batch_size has no entry for task {task!r}")
     return MixtureInfo(
         names=[d.spec.name for d in datasets], tasks=tasks, sizes=sizes, probabilities=p,
         batch_sizes=[int(config.batch_size[t]) for t in tasks],

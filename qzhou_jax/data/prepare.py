@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from qzhou_jax import atomic
-
+from qzhou_jax import atomic, cli_errors
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import hub, prepared
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL
@@ -129,7 +129,7 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest."""
     if group_size < 1:
-        raise ValueError(f"group_size {group_size}: need >= 1 records per ArrayRecord chunk")
+        raise UsageError(f"group_size {group_size}: need >= 1 records per ArrayRecord chunk")
     from qzhou_jax.data.pipeline import load_samples
 
     folder = out / spec.name
@@ -151,7 +151,7 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
             old_fp = old.get("samples_sha256")
             old_group = old.get("group_size", 1)  # written before group_size was recorded: 1
             if old_fp != fingerprint or old.get("shards") != names or old_group != group_size:
-                raise ValueError(f"{folder}: already holds a prepared {spec.name!r} made from other samples "
+                raise UsageError(f"{folder}: already holds a prepared {spec.name!r} made from other samples "
                                  f"(sha256 {str(old_fp)[:12]} vs {fingerprint[:12]}), another shard size or "
                                  f"another group size ({old_group} vs {group_size}); "
                                  f"remove the folder to prepare it again")
@@ -211,7 +211,7 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     config = DataConfig.from_config(data_config)
     index, count = shard
     if not 0 <= index < count:
-        raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
+        raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mine = [s for i, s in enumerate(config.datasets) if i % count == index]
@@ -262,12 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
     parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
                         help="records per ArrayRecord chunk (1 = Grain's advice; see docs/data.md)")
+    cli_errors.add_debug_flag(parser)
     args, cfg = parse_config_args(parser, argv)
     if args.group_size < 1:
         parser.error(f"--group-size {args.group_size}: need at least 1 record per chunk")
-    data = data_block(cfg)
-    prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
-            group_size=args.group_size, log=lambda msg: print(msg, flush=True))
+    with cli_errors.reported(args.debug):  # bad rows, too many skipped, another prepare's folder: one line, exit 2
+        data = data_block(cfg)
+        prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
+                group_size=args.group_size, log=lambda msg: print(msg, flush=True))
     return 0
 
 

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import transforms
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import (
@@ -52,7 +53,7 @@ def data_dir() -> Path:
 
 def _path(folder: str, name: str, split: str, files: dict[str, str]) -> Path:
     if split not in files:
-        raise ValueError(f"{name}: unknown split {split!r}; available: {sorted(files)}")
+        raise UsageError(f"{name}: unknown split {split!r}; available: {sorted(files)}")
     path = data_dir() / folder / files[split]
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (set {DATA_DIR_ENV} to the shared data folder)")
@@ -350,12 +351,12 @@ def read_shared(name: str, split: str, counter: SkipCounter | None = None, max_c
 
     `max_chars` truncates the cmrc2018 contexts (see read_reading_comprehension); other sets refuse it."""
     if name not in SHARED_DATASETS:
-        raise ValueError(f"unknown shared dataset {name!r}; available: {sorted(SHARED_DATASETS)}")
+        raise UsageError(f"unknown shared dataset {name!r}; available: {sorted(SHARED_DATASETS)}")
     entry = SHARED_DATASETS[name]
     if split not in entry.splits:
-        raise ValueError(f"shared:{name}: unknown split {split!r}; available: {list(entry.splits)}")
+        raise UsageError(f"shared:{name}: unknown split {split!r}; available: {list(entry.splits)}")
     if max_chars is not None:
         if name != "cmrc2018":
-            raise ValueError(f"shared:{name}: max_chars only applies to shared:cmrc2018 (context truncation)")
+            raise UsageError(f"shared:{name}: max_chars only applies to shared:cmrc2018 (context truncation)")
         return read_reading_comprehension(name, split, counter, max_context_chars=max_chars)
     return entry.read(split, counter)

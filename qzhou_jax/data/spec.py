@@ -45,6 +45,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.config_base import DATA as _DATA_DEFAULTS, plain_default
 from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
 from qzhou_jax.data.shared_data import SHARED_DATASETS
@@ -123,37 +124,37 @@ class DatasetSpec:
             where = f"{where} ({raw['name']!r})"
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(raw) - known):
-            raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+            raise UsageError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         for key in ("name", "source"):
             if not raw.get(key):
-                raise ValueError(f"{where}: field {key!r} is missing")
+                raise UsageError(f"{where}: field {key!r} is missing")
         kind = str(raw["source"]).split(":", 1)[0]
         if ":" not in str(raw["source"]) or kind not in SOURCE_KINDS:
-            raise ValueError(f"{where}: source {raw['source']!r} must be '<kind>:<location>' with kind in "
+            raise UsageError(f"{where}: source {raw['source']!r} must be '<kind>:<location>' with kind in "
                              f"{SOURCE_KINDS}")
         if kind == "beir":
             raw.setdefault("task", RETRIEVAL)
         if kind == "shared":
             shared = str(raw["source"]).split(":", 1)[1]
             if shared not in SHARED_DATASETS:
-                raise ValueError(f"{where}: unknown shared dataset {shared!r}; available: {sorted(SHARED_DATASETS)}")
+                raise UsageError(f"{where}: unknown shared dataset {shared!r}; available: {sorted(SHARED_DATASETS)}")
             if raw.get("task") not in (None, SHARED_DATASETS[shared].task):
-                raise ValueError(f"{where}: shared:{shared} is {SHARED_DATASETS[shared].task!r} data, "
+                raise UsageError(f"{where}: shared:{shared} is {SHARED_DATASETS[shared].task!r} data, "
                                  f"not {raw['task']!r}")
             raw["task"] = SHARED_DATASETS[shared].task
         if raw.get("task") is not None:
             check_task(raw["task"], where)
         else:
-            raise ValueError(f"{where}: field 'task' is missing (one of {TASK_TYPES})")
+            raise UsageError(f"{where}: field 'task' is missing (one of {TASK_TYPES})")
         if raw.get("label_names") is not None:
             raw["label_names"] = tuple(raw["label_names"])
         raw["fields"] = dict(raw.get("fields") or {})
         spec = cls(**raw)
         for key in ("num_negatives", "max_len_query", "max_len_passage"):
             if not isinstance(getattr(spec, key), int) or getattr(spec, key) < (0 if key == "num_negatives" else 1):
-                raise ValueError(f"{where}: field {key!r} = {getattr(spec, key)!r} is invalid")
+                raise UsageError(f"{where}: field {key!r} = {getattr(spec, key)!r} is invalid")
         if spec.weight <= 0:
-            raise ValueError(f"{where}: field 'weight' must be positive")
+            raise UsageError(f"{where}: field 'weight' must be positive")
         return spec
 
 
@@ -179,20 +180,20 @@ class DataConfig:
         raw = dict(_plain(data))
         known = {f.name for f in dataclasses.fields(cls)} | {"defaults"}
         if unknown := sorted(set(raw) - known):
-            raise ValueError(f"config.data: unknown field(s) {unknown}; known fields: {sorted(known)}")
+            raise UsageError(f"config.data: unknown field(s) {unknown}; known fields: {sorted(known)}")
         defaults = raw.pop("defaults", None) or {}
         datasets = raw.pop("datasets", None)
         if not datasets:
-            raise ValueError("config.data.datasets is missing or empty")
+            raise UsageError("config.data.datasets is missing or empty")
         specs = tuple(DatasetSpec.from_dict(d, f"config.data.datasets[{i}]", defaults)
                       for i, d in enumerate(_plain(datasets)))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
-            raise ValueError(f"config.data.datasets: duplicate names in {names}")
+            raise UsageError(f"config.data.datasets: duplicate names in {names}")
         if "batch_size" in raw:
             raw["batch_size"] = {**DEFAULT_BATCH_SIZE, **dict(_plain(raw["batch_size"]))}
             if unknown := sorted(set(raw["batch_size"]) - set(TASK_TYPES)):
-                raise ValueError(f"config.data.batch_size: unknown task types {unknown}")
+                raise UsageError(f"config.data.batch_size: unknown task types {unknown}")
         if "buckets" in raw:
             raw["buckets"] = tuple(int(b) for b in _plain(raw["buckets"]))
         return cls(datasets=specs, **raw)

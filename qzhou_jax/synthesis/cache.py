@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from qzhou_jax import atomic
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.synthesis.client import Completion
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Journal:
                         f.flush()
                         os.fsync(f.fileno())
                     return
-                raise ValueError(f"{self.path}:{number}: malformed journal record ({err})") from None
+                raise UsageError(f"{self.path}:{number}: malformed journal record ({err})") from None
             good_end += len(line) + 1
 
     def get(self, key: str) -> Completion | None:

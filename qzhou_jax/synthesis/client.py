@@ -22,6 +22,8 @@ import time
 
 import openai
 
+from qzhou_jax.cli_errors import UsageError
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429}
@@ -39,8 +41,8 @@ class RequestFailed(Exception):
         self.reason = reason
 
 
-class AuthError(Exception):
-    """401/403: every further request would fail too; the run stops."""
+class AuthError(UsageError):
+    """401/403: every further request would fail too; the run stops (exit status 2: check the key / URL)."""
 
 
 @dataclasses.dataclass
@@ -118,7 +120,7 @@ class ChatClient:
                  backoff_cap: float = 60.0, temperature: float = 0.8, max_tokens: int | None = None,
                  structured: bool = True, seed: int = 0):
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+            raise UsageError(f"concurrency must be >= 1, got {concurrency}")
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.concurrency, self.max_retries, self.max_requests = concurrency, max_retries, max_requests

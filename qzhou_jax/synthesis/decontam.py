@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.synthesis import checks
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,9 @@ def read_text_file(path: str | Path) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+                raise UsageError(f"{path}:{number}: malformed JSON ({err.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
+                raise UsageError(f"{path}:{number}: expected a JSON object")
             for field in _FILE_FIELDS:
                 value = record.get(field)
                 for v in value if isinstance(value, list) else [value]:

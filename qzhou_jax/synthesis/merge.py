@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data.sources import read_jsonl
 from qzhou_jax.synthesis import near_dups, run as synth_run
 from qzhou_jax.synthesis.cache import write_atomic
@@ -36,11 +37,11 @@ def merge_summaries(summaries: Sequence[dict]) -> dict:
     shards = sorted(synth_run.parse_shard(s["shard"]) for s in summaries)
     count = shards[0][1]
     if [s for s in shards] != [(i, count) for i in range(count)]:
-        raise ValueError(f"shards {[f'{i}/{n}' for i, n in shards]} are not exactly 0/{count} .. {count - 1}/{count}")
+        raise UsageError(f"shards {[f'{i}/{n}' for i, n in shards]} are not exactly 0/{count} .. {count - 1}/{count}")
     for field in _SAME:
         values = {json.dumps(s.get(field)) for s in summaries}
         if len(values) > 1:
-            raise ValueError(f"shard summaries disagree on {field!r}: {sorted(values)}")
+            raise UsageError(f"shard summaries disagree on {field!r}: {sorted(values)}")
     merged = summaries[0]
     for s in summaries[1:]:
         merged = {k: (merged[k] if k in _SAME else _sum(merged.get(k), s.get(k))) for k in merged}
@@ -62,7 +63,7 @@ def merge(shard_outputs: Sequence[str], output: str, summary: str | None = None)
         summaries.append(json.loads(summary_path.read_text()))
     for i, row in enumerate(rows):
         if not isinstance(row.get("source_index"), int):
-            raise ValueError(f"row {i} of the shard outputs has no integer 'source_index'")
+            raise UsageError(f"row {i} of the shard outputs has no integer 'source_index'")
     rows.sort(key=lambda r: r["source_index"])  # stable: rows of one item keep their order
     rows, duplicates = synth_run.dedup_rows(rows)
     rows, near = near_dups.drop_near_duplicates(rows)

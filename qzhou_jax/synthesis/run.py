@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data.formats import get_optional_text, get_text, get_text_list
 from qzhou_jax.data.sources import read_jsonl
 from qzhou_jax.synthesis import decontam, generators, near_dups, prompts
@@ -60,9 +61,9 @@ def parse_shard(shard: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in shard.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must be I/N (e.g. 0/4), got {shard!r}") from None
+        raise UsageError(f"--shard must be I/N (e.g. 0/4), got {shard!r}") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {shard}: need 0 <= I < N")
+        raise UsageError(f"--shard {shard}: need 0 <= I < N")
     return index, count
 
 
@@ -240,7 +241,7 @@ def write_rows(path: str, rows: list[dict]) -> None:
 def resolve_client_settings(cfg: SynthesisConfig) -> tuple[str, str]:
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
     if not base_url:
-        raise ValueError("no server: pass --base-url or set OPENAI_BASE_URL")
+        raise UsageError("no server: pass --base-url or set OPENAI_BASE_URL")
     api_key = os.environ.get(cfg.api_key_env)
     if not api_key:
         log.warning("$%s is not set; sending no API key (fine for a local vLLM / SGLang server)", cfg.api_key_env)
@@ -252,7 +253,7 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
     """Runs one shard to the end (or to --max-requests) and returns its summary (also written as JSON)."""
     generators.get(cfg.generator)
     if cfg.n < 1 or cfg.max_attempts < 1:
-        raise ValueError(f"--n and --max-attempts must be >= 1, got {cfg.n} and {cfg.max_attempts}")
+        raise UsageError(f"--n and --max-attempts must be >= 1, got {cfg.n} and {cfg.max_attempts}")
     shard = parse_shard(cfg.shard)
     journal_path, summary_path = default_paths(cfg.output)
     journal_path, summary_path = cfg.journal or journal_path, cfg.summary or summary_path

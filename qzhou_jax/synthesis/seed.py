@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import RETRIEVAL
 from qzhou_jax.data.pipeline import load_samples
@@ -25,10 +26,10 @@ def write_seed(config, dataset: str, output: str, seed: int | None = None) -> di
     specs = {s.name: (s, data.seed) for data in map(DataConfig.from_config, _data_configs(config))
              for s in data.datasets}
     if dataset not in specs:
-        raise ValueError(f"dataset {dataset!r} not in the config; datasets: {sorted(specs)}")
+        raise UsageError(f"dataset {dataset!r} not in the config; datasets: {sorted(specs)}")
     spec, data_seed = specs[dataset]
     if spec.task != RETRIEVAL:
-        raise ValueError(f"dataset {dataset!r} is {spec.task!r} data; the generators take retrieval pairs")
+        raise UsageError(f"dataset {dataset!r} is {spec.task!r} data; the generators take retrieval pairs")
     counter = SkipCounter(skip_invalid=False)
     samples = load_samples(spec, counter, data_seed if seed is None else seed)
     rows = [{"query": s.query, "pos": [s.positive], "neg": list(s.negatives), "prompt": s.instruction,

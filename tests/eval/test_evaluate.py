@@ -197,3 +197,31 @@ def test_briefly_trained_model_beats_its_untrained_self(tmp_path):
     scores = [_main_scores(ev.evaluate(e, ["SciFact"], split="train", max_examples=40))["SciFact"]
               for e in (untrained, trained)]
     assert scores[1] > scores[0] + 0.02, scores
+
+
+def test_cli_usage_errors_are_one_line_naming_the_flag_or_path(tmp_path, capsys):
+    def cli(*argv):
+        with pytest.raises(SystemExit) as stop:
+            ev.main([*argv, "--output", str(tmp_path / "r.json")])
+        return stop.value.code, capsys.readouterr().err
+
+    assert cli("--model", "random:demo", "--tasks", "SciFact,NoSuchTask") == (
+        2, f"error: --tasks SciFact,NoSuchTask: unknown task 'NoSuchTask'; local tasks: {', '.join(tasks.TASKS)}\n")
+    status, err = cli("--model", "random:no_such_preset", "--tasks", "SciFact")
+    assert status == 2 and err.startswith("error: random:no_such_preset: unknown model preset 'no_such_preset'")
+    status, err = cli("--model", str(tmp_path / "nowhere"), "--tasks", "SciFact")
+    assert status == 2 and err.startswith(f"error: {tmp_path}/nowhere: no such directory") and err.count("\n") == 1
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text(json.dumps(oracle_config()))
+    status, err = cli("--model", str(tmp_path / "no_weights"), "--tasks", "SciFact")
+    assert (status, err) == (2, f"error: {tmp_path}/no_weights: no model.safetensors or "
+                                f"model.safetensors.index.json\n")
+    assert not (tmp_path / "r.json").exists()
+
+
+def oracle_config():
+    """A Qwen2 config.json (tiny), for a directory that lacks the weights."""
+    from qzhou_jax.model import ModelConfig
+
+    return ModelConfig(vocab_size=151680, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                       num_kv_heads=2).to_hf()

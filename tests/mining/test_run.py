@@ -183,3 +183,30 @@ def test_eight_devices_equal_one(tmp_path, data, encoder):
 def test_window_beyond_corpus_is_an_error(tmp_path, data, encoder):
     with pytest.raises(ValueError, match=r"rank window 10:1000 .* beyond the corpus of \d+ passages"):
         run(tmp_path, data, encoder, SelectConfig(window=(10, 1000)))
+
+
+def _cli(argv, capsys):
+    """`python -m qzhou_jax.mine` as a user runs it: (exit status, stdout, stderr)."""
+    from qzhou_jax import mine as mine_cli
+
+    try:
+        mine_cli.main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_usage_errors_are_one_line(tmp_path, model_dir, data, capsys):
+    args = ["--input", data["input"], "--output", str(tmp_path / "out.jsonl"), "--max-length", "64"]
+    status, _, err = _cli(["--model", model_dir, *args, "--range", "10:1000"], capsys)
+    assert status == 2 and err.startswith("error: rank window 10:1000 (search depth 1000) is beyond the corpus of ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    status, _, err = _cli(["--model", model_dir, *args, "--range", "30:10"], capsys)
+    assert (status, err) == (2, "error: rank window 30:10 is empty; expected 0 <= start < end\n")
+    (tmp_path / "empty_model").mkdir()
+    status, _, err = _cli(["--model", str(tmp_path / "empty_model"), *args], capsys)
+    assert (status, err) == (2, f"error: --model {tmp_path}/empty_model: no config.json there, so it is not an HF "
+                                f"Qwen2 directory or a qzhou-jax export\n")
+    assert not (tmp_path / "out.jsonl").exists()
