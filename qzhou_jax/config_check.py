@@ -11,6 +11,7 @@ position is global).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,9 +64,121 @@ def check(cfg, *, device_count: int, process_count: int = 1) -> None:
     _check_stage(cfg, device_count, process_count, prefix="", first=True)
 
 
+# Values a key takes, where no module owns a list of them (model/config.py's lists are imported below).
+DTYPES = ("float32", "bfloat16", "float16")
+DECAYS = ("linear", "cosine", "constant")  # optim.learning_rate_schedule
+EXPORT_DTYPES = ("bfloat16", "float32")    # hf/export.EXPORT_DTYPES (tests/test_config_check.py keeps them equal)
+
+
+def _choice(cfg, field: str, prefix: str, allowed) -> None:
+    value = _get(cfg, field)
+    if value not in allowed:
+        raise ConfigError(prefix + field, value, f"must be one of {', '.join(map(str, allowed))}")
+
+
+def _number(cfg, field: str, prefix: str, low: float, high: float = math.inf, *, open_low: bool = False,
+            open_high: bool = False) -> None:
+    value = _get(cfg, field)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        low < value if open_low else low <= value) and (value < high if open_high else value <= high)
+    if not ok:
+        span = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ConfigError(prefix + field, value, f"must be a number in {span}")
+
+
+def _check_values(cfg, prefix: str) -> None:
+    """Enumerations, dtypes and ranges: what would otherwise fail after the data loaded, or deep in a trace."""
+    from qzhou_jax.model.config import ATTENTION_IMPLS, ATTENTION_MODES, POOLING_MODES, PRESETS, REMAT_POLICIES
+
+    for field, allowed in (("model.dtype", DTYPES), ("model.param_dtype", DTYPES),
+                           ("model.attention", ATTENTION_MODES), ("model.pooling", POOLING_MODES),
+                           ("model.remat_policy", REMAT_POLICIES), ("model.attention_impl", ATTENTION_IMPLS),
+                           ("optim.decay", DECAYS), ("export.dtype", EXPORT_DTYPES)):
+        if _has(cfg, field):
+            _choice(cfg, field, prefix, allowed)
+    if not cfg.model.get("hf_dir"):
+        _choice(cfg, "model.preset", prefix, sorted(PRESETS))
+    for field, low, high, kw in (("optim.final_lr_ratio", 0, 1, {}), ("optim.weight_decay", 0, math.inf, {}),
+                                 ("optim.grad_clip", 0, math.inf, {}), ("optim.b1", 0, 1, {"open_high": True}),
+                                 ("optim.b2", 0, 1, {"open_high": True}), ("optim.eps", 0, math.inf,
+                                                                           {"open_low": True})):
+        if _has(cfg, field):
+            _number(cfg, field, prefix, low, high, **kw)
+    if cfg.get("eval") and cfg.eval.get("tasks"):
+        from qzhou_jax.eval.tasks import TASKS
+
+        unknown = [t for t in cfg.eval.tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(prefix + "eval.tasks", tuple(cfg.eval.tasks), f"unknown task(s) {unknown}; local "
+                              f"tasks: {', '.join(TASKS)}")
+    if cfg.get("mine") and cfg.mine.get("enabled"):
+        _choice(cfg, "mine.rule", prefix, ("none", "relative_margin", "max_score_ratio"))  # mining/stages.RULES
+
+
+def _has(cfg, dotted: str) -> bool:
+    try:
+        _get(cfg, dotted)
+    except (KeyError, AttributeError):
+        return False
+    return True
+
+
+def _is_model_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _check_paths(cfg, prefix: str, first: bool) -> None:
+    """Every path the config names exists and is the right kind of thing (read before any compile)."""
+    from qzhou_jax import checkpoint
+
+    hf_dir = cfg.model.get("hf_dir")
+    if hf_dir and not _is_model_dir(hf_dir):
+        raise ConfigError(prefix + "model.hf_dir", hf_dir, "not an HF model directory (no config.json there)"
+                          if os.path.isdir(hf_dir) else "no such directory")
+    tokenizer = cfg.model.get("tokenizer")
+    if tokenizer and not os.path.isdir(tokenizer):
+        raise ConfigError(prefix + "model.tokenizer", tokenizer, "no such directory")
+    source = cfg.get("init_from") or ""
+    # Later stages' init_from may name what an earlier stage of this run writes: checked when they start.
+    if first and source not in ("", "base", REQUIRED) and not (checkpoint.is_workdir(source) or
+                                                              _is_model_dir(source)):
+        raise ConfigError(prefix + "init_from", source, "neither a training workdir (no checkpoints/ there) nor an "
+                          "HF model directory (no config.json)" if os.path.isdir(source) else "no such directory")
+    _check_sources(cfg, prefix)
+
+
+def _check_sources(cfg, prefix: str) -> None:
+    from qzhou_jax.data.shared_data import SHARED_DATASETS, data_dir
+    from qzhou_jax.data.spec import _plain
+
+    defaults = _plain(cfg.data.get("defaults") or {})
+    for i, raw in enumerate(_plain(cfg.data.get("datasets") or [])):
+        source = str(raw.get("source", "")) if isinstance(raw, Mapping) else ""
+        kind, _, location = source.partition(":")
+        field = f"{prefix}data.datasets[{i}].source"
+        path = location.replace("{data_dir}", str(data_dir()))
+        if kind in ("jsonl", "parquet") and not os.path.isfile(path):
+            raise ConfigError(field, source, "no such file")
+        if kind in ("hf_disk", "beir") and not os.path.isdir(path):
+            raise ConfigError(field, source, "no such directory")
+        if kind == "prepared" and not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise ConfigError(field, source, "no manifest.json there: prepare it first (python -m "
+                              "qzhou_jax.data.prepare), or let an interrupted prepare finish")
+        if kind == "shared" and location in SHARED_DATASETS:
+            split = {**defaults, **raw}.get("split", "train")
+            if split not in SHARED_DATASETS[location].splits:
+                raise ConfigError(f"{prefix}data.datasets[{i}].split", split, f"shared:{location} has splits "
+                                  f"{', '.join(SHARED_DATASETS[location].splits)}")
+            if not data_dir().is_dir():
+                raise ConfigError(field, source, f"the shared data folder {data_dir()} does not exist (set "
+                                  f"QZHOU_DATA_DIR)")
+
+
 def _check_stage(cfg, device_count: int, process_count: int, prefix: str, first: bool) -> None:
     from qzhou_jax import losses, sharding
     from qzhou_jax.data.spec import DataConfig
+
+    _check_values(cfg, prefix)
 
     for field in ("train.steps", "train.log_every", "checkpoint.every", "checkpoint.keep", "optim.grad_accum_steps",
                   "train.max_consecutive_nonfinite", "train.stall_steps"):
@@ -98,9 +211,10 @@ def _check_stage(cfg, device_count: int, process_count: int, prefix: str, first:
         losses.loss_config_from(cfg.loss.to_dict() if hasattr(cfg.loss, "to_dict") else cfg.loss)
     except ValueError as e:
         raise ConfigError(prefix + "loss", "...", str(e)) from None
+    _check_paths(cfg, prefix, first)
     try:
         data = DataConfig.from_config(cfg.data)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise ConfigError(prefix + "data", "...", str(e)) from None
     if not 0 <= data.max_skipped_fraction <= 1:
         raise ConfigError(prefix + "data.max_skipped_fraction", data.max_skipped_fraction, "must be within [0, 1]")

@@ -21,12 +21,58 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("optim.grad_accum_steps=7", "train.steps"),  # 60 steps are not whole updates of 7
     ("data.max_skipped_fraction=1.5", "data.max_skipped_fraction"),
     ("mesh.shape=(3,-1,1)", "mesh.shape"),
+    # dtypes, enumerations, ranges and paths: checked here, not after the data has loaded
+    ("model.dtype=float33", "model.dtype"), ("model.param_dtype=int8", "model.param_dtype"),
+    ("model.attention=sideways", "model.attention"), ("model.pooling=max", "model.pooling"),
+    ("model.remat_policy=most", "model.remat_policy"), ("model.attention_impl=flash", "model.attention_impl"),
+    ("model.preset=qwen9", "model.preset"), ("optim.decay=step", "optim.decay"), ("optim.b2=1.0", "optim.b2"),
+    ("optim.final_lr_ratio=2.0", "optim.final_lr_ratio"), ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("export.dtype=float16", "export.dtype"),
+    ("eval.tasks=('SciFact','NoSuchTask')", "eval.tasks"), ("model.hf_dir=/no/such/model", "model.hf_dir"),
+    ("model.tokenizer=/no/such/tokenizer", "model.tokenizer"), ("init_from=/no/such/run", "init_from"),
 ])
 def test_each_mistake_names_its_field(override, field):
     cfg = load_config("configs/demo.py:stage1", [f"--config.{override}"])
     with pytest.raises(config_check.ConfigError) as err:
         config_check.check(cfg, device_count=8)
     assert str(err.value).startswith(f"config.{field} = ") and "\n" not in str(err.value)
+
+
+def test_data_paths_are_checked_naming_the_dataset_entry(tmp_path):
+    (tmp_path / "model").mkdir()  # a directory without config.json is no model
+    cfg = load_config("configs/demo.py:stage1", [f"--config.model.hf_dir={tmp_path}/model"])
+    with pytest.raises(config_check.ConfigError, match=r"^config.model.hf_dir = .*: not an HF model directory"):
+        config_check.check(cfg, device_count=8)
+    for source, message in ((f"jsonl:{tmp_path}/gone.jsonl", "no such file"),
+                            (f"beir:{tmp_path}/gone", "no such directory"),
+                            (f"prepared:{tmp_path}/model", "no manifest.json there: prepare it first")):
+        cfg = load_config("configs/demo.py:stage1")
+        cfg.data.datasets = list(cfg.data.datasets) + [dict(name="extra", source=source, task="retrieval")]
+        with pytest.raises(config_check.ConfigError) as err:
+            config_check.check(cfg, device_count=8)
+        index = len(cfg.data.datasets) - 1
+        assert str(err.value).startswith(f"config.data.datasets[{index}].source = {source!r}: {message}")
+    cfg = load_config("configs/demo.py:stage1")
+    cfg.data.datasets = [dict(cfg.data.datasets[0], split="validation")]
+    with pytest.raises(config_check.ConfigError, match=r"^config.data.datasets\[0\].split = 'validation': shared:"):
+        config_check.check(cfg, device_count=8)
+
+
+def test_value_lists_agree_with_their_owners():
+    from qzhou_jax import optim
+    from qzhou_jax.hf.export import EXPORT_DTYPES
+    from qzhou_jax.mining.stages import RULES
+
+    assert set(config_check.EXPORT_DTYPES) == set(EXPORT_DTYPES)
+    for decay in config_check.DECAYS:
+        optim.learning_rate_schedule(1.0, 10, 2, decay)
+    with pytest.raises(ValueError):
+        optim.learning_rate_schedule(1.0, 10, 2, "step")
+    cfg = load_config("configs/demo.py", ["--config.stages.stage2.mine.enabled=True",
+                                          "--config.stages.stage2.mine.rule=margin"])
+    with pytest.raises(config_check.ConfigError, match=r"^config.stages.stage2.mine.rule = 'margin'"):
+        config_check.check(cfg, device_count=8)
+    assert set(RULES) == {"none", "relative_margin", "max_score_ratio"}
 
 
 def test_batch_not_divisible_by_hosts():
@@ -43,11 +89,14 @@ def test_a_stage_2_mistake_stops_the_run_before_stage_1_trains(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_stage2_config_needs_init_from():
+def test_stage2_config_needs_init_from(tmp_path):
     with pytest.raises(config_check.ConfigError, match="init_from"):
         config_check.check(load_config("configs/stage2.py", []), device_count=8)
     config_check.check(load_config("configs/stage2.py", ["--config.init_from=base"]), device_count=8)
-    config_check.check(load_config("configs/stage2.py", ["--config.init_from=/runs/stage1"]), device_count=8)
+    (tmp_path / "stage1" / "checkpoints").mkdir(parents=True)  # a stage-1 workdir
+    config_check.check(load_config("configs/stage2.py", [f"--config.init_from={tmp_path}/stage1"]), device_count=8)
+    with pytest.raises(config_check.ConfigError, match=r"^config.init_from = '/runs/stage1': no such directory"):
+        config_check.check(load_config("configs/stage2.py", ["--config.init_from=/runs/stage1"]), device_count=8)
 
 
 def test_keep_best_needs_evaluations_at_checkpoints():
@@ -57,13 +106,17 @@ def test_keep_best_needs_evaluations_at_checkpoints():
         config_check.check(cfg, device_count=8)
 
 
-def test_cli_prints_one_line_and_compiles_nothing(tmp_path):
+@pytest.mark.parametrize("override,error", [
+    ("optim.lr=0", "error: config.optim.lr = 0.0: must be a positive number"),
+    ("model.dtype=float33", "error: config.model.dtype = 'float33': must be one of float32, bfloat16, float16"),
+])
+def test_cli_prints_one_line_and_compiles_nothing(tmp_path, override, error):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1",
-                           f"--workdir={tmp_path}", "--config.optim.lr=0"], cwd=ROOT, env=env, capture_output=True,
+                           f"--workdir={tmp_path}", f"--config.{override}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2
-    assert "error: config.optim.lr = 0.0: must be a positive number" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == error
     assert "Traceback" not in done.stderr + done.stdout
     assert not os.listdir(tmp_path)
 
