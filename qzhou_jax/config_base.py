@@ -62,6 +62,7 @@ DATA = dict(
     prompt_sep=" ",       # text between "Query:" and the text
     num_threads=2, prefetch_buffer_size=4,
     packing=0,            # tokens per packed row (data/packing.py), e.g. the max passage length; 0: padded
+    verify="quick",       # prepared: sources at start-up: quick (sizes, records, digests of each end) | full | off
 )
 CHECKPOINT = dict(every=500, keep=3, keep_best=False, best_metric="", async_save=True)
 # split "dev" where a task has one (its own split otherwise): the best checkpoint is not picked on test data.

@@ -88,12 +88,14 @@ def _number(cfg, field: str, prefix: str, low: float, high: float = math.inf, *,
 
 def _check_values(cfg, prefix: str) -> None:
     """Enumerations, dtypes and ranges: what would otherwise fail after the data loaded, or deep in a trace."""
+    from qzhou_jax.data.prepared import VERIFY_LEVELS
     from qzhou_jax.model.config import ATTENTION_IMPLS, ATTENTION_MODES, POOLING_MODES, PRESETS, REMAT_POLICIES
 
     for field, allowed in (("model.dtype", DTYPES), ("model.param_dtype", DTYPES),
                            ("model.attention", ATTENTION_MODES), ("model.pooling", POOLING_MODES),
                            ("model.remat_policy", REMAT_POLICIES), ("model.attention_impl", ATTENTION_IMPLS),
-                           ("optim.decay", DECAYS), ("export.dtype", EXPORT_DTYPES)):
+                           ("optim.decay", DECAYS), ("export.dtype", EXPORT_DTYPES),
+                           ("data.verify", VERIFY_LEVELS)):
         if _has(cfg, field):
             _choice(cfg, field, prefix, allowed)
     if not cfg.model.get("hf_dir"):

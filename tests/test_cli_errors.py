@@ -30,13 +30,14 @@ def test_project_errors_are_classified():
     from qzhou_jax.config_check import ConfigError
     from qzhou_jax.data.checks import DatasetRefused
     from qzhou_jax.data.errors import DataError
+    from qzhou_jax.data.prepared import DamagedShards
     from qzhou_jax.hf.load import CheckpointError
     from qzhou_jax.synthesis.client import AuthError
     from qzhou_jax.train import NonFiniteError
     from qzhou_jax.workdir_lock import WorkdirBusyError
 
     for usage in (ConfigError("a.b", 1, "bad"), ConfigLoadError("x"), DataError("f:1", "bad"), DatasetRefused("x"),
-                  CheckpointError("no weights"), AuthError("401")):
+                  DamagedShards("f", "x"), CheckpointError("no weights"), AuthError("401")):
         assert cli_errors.exit_status(usage) == 2, usage
         assert isinstance(usage, ValueError)  # callers catching ValueError still do
     for failed in (CheckpointSaveError("x"), NonFiniteError("x"), WorkdirBusyError("x")):

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("model.remat_policy=most", "model.remat_policy"), ("model.attention_impl=flash", "model.attention_impl"),
     ("model.preset=qwen9", "model.preset"), ("optim.decay=step", "optim.decay"), ("optim.b2=1.0", "optim.b2"),
     ("optim.final_lr_ratio=2.0", "optim.final_lr_ratio"), ("optim.weight_decay=-0.1", "optim.weight_decay"),
-    ("export.dtype=float16", "export.dtype"),
+    ("export.dtype=float16", "export.dtype"), ("data.verify=sometimes", "data.verify"),
     ("eval.tasks=('SciFact','NoSuchTask')", "eval.tasks"), ("model.hf_dir=/no/such/model", "model.hf_dir"),
     ("model.tokenizer=/no/such/tokenizer", "model.tokenizer"), ("init_from=/no/such/run", "init_from"),
 ])

@@ -75,9 +75,10 @@ def _subset_indices(spec: DatasetSpec, n: int, seed: int) -> np.ndarray | None:
     return np.sort(rng.choice(n, size=spec.max_examples, replace=False))
 
 
-def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
-    """A prepared dataset as a lazy sequence (max_examples / both_directions as views; nothing is read)."""
-    samples = prepared.PreparedSamples(_expand(spec.location))
+def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0, verify: str = prepared.VERIFY_DEFAULT):
+    """A prepared dataset as a lazy sequence (max_examples / both_directions as views; no record is read). Its
+    shards are checked against the manifest first (`verify`, prepared.VERIFY_LEVELS)."""
+    samples = prepared.PreparedSamples(_expand(spec.location), verify=verify)
     if samples.task != spec.task:
         raise DataError(spec.source, f"holds {samples.task!r} samples, the config's task is {spec.task!r}")
     if (keep := _subset_indices(spec, len(samples), seed)) is not None:
@@ -95,11 +96,12 @@ def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0):
     return samples
 
 
-def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0) -> list:
+def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0,
+                 verify: str = prepared.VERIFY_DEFAULT) -> list:
     """read_samples + max_examples + both_directions + dropping single-text classification labels
-    (a `prepared:` source: `load_prepared`, lazily)."""
+    (a `prepared:` source: `load_prepared`, lazily, its shards checked as `verify` says)."""
     if spec.kind == "prepared":
-        return load_prepared(spec, counter, seed)
+        return load_prepared(spec, counter, seed, verify)
     samples = read_samples(spec, counter)
     checks.check_read(spec, samples, counter)  # too many bad rows, none left, degenerate data: refused here
     if spec.decontaminate:
@@ -140,7 +142,8 @@ class LoadedDataset:
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
     config = DataConfig.from_config(config)
     counter = counter or SkipCounter(skip_invalid=config.skip_invalid, max_skipped_fraction=config.max_skipped_fraction)
-    return [LoadedDataset(spec, load_samples(spec, counter, config.seed)) for spec in config.datasets], counter
+    return [LoadedDataset(spec, load_samples(spec, counter, config.seed, config.verify))
+            for spec in config.datasets], counter
 
 
 @dataclasses.dataclass

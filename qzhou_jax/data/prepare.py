@@ -13,14 +13,17 @@ statistics. OUT/manifest.json indexes the datasets once all of them are done. Tr
 Parallel and resumable: datasets run in `--workers` processes, and `--shard I/N` takes datasets I, I+N, ...
 (one host each, same OUT on shared storage). Each shard file is written to a temporary name, fsynced and renamed,
 so a crash (kill -9) leaves only whole shards; a rerun checks that the samples are the same (`plan.json` holds
-their fingerprint), writes the missing shards and the manifest, and skips finished datasets. Shards are a pure
-function of the samples, so an interrupted-then-resumed run gives the same files as an uninterrupted one.
+their fingerprint), writes the missing shards and the manifest, and verifies finished datasets in full against
+their manifest (size, records, sha256 of every file), rewriting any file that does not match. Shards are a pure
+function of the samples, so an interrupted-then-resumed (or repaired) run gives the same files as an
+uninterrupted one.
 `hub:` sources download into the Hugging Face cache first (huggingface_hub).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import filecmp
 import hashlib
 import json
 import math
@@ -124,6 +127,19 @@ def _write_shard(path: Path, records: Sequence[bytes], group_size: int = DEFAULT
     os.replace(tmp, path)
 
 
+def _write_labels(path: Path, samples: Sequence) -> list[str]:
+    """labels.npy (int32 id per sample, ids index the sorted label names), whole or nothing; returns the names."""
+    labels = sorted({s.label for s in samples})
+    ids = {label: i for i, label in enumerate(labels)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.array([ids[s.label] for s in samples], dtype=np.int32))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return labels
+
+
 def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid: bool = False,
                     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -143,6 +159,9 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     fingerprint = digest.hexdigest()
     names = shard_names(len(records), records_per_shard)
 
+    def shard(k: int) -> list[bytes]:
+        return records[k * records_per_shard:(k + 1) * records_per_shard]
+
     folder.mkdir(parents=True, exist_ok=True)
     plan = {"samples_sha256": fingerprint, "num_samples": len(records), "shards": names, "group_size": group_size}
     for existing in (folder / prepared.MANIFEST, folder / PLAN):
@@ -156,15 +175,14 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
                                  f"another group size ({old_group} vs {group_size}); "
                                  f"remove the folder to prepare it again")
     if (folder / prepared.MANIFEST).is_file():
-        log(f"{spec.name}: already prepared ({len(records)} samples), skipped")
-        return prepared.read_manifest(folder)
+        return _verify_and_repair(spec, folder, samples, names, shard, group_size, log)
     write_json_atomic(folder / PLAN, plan)
 
     written = 0
     for k, name in enumerate(names):
         if (folder / name).is_file():
             continue  # a finished shard of an interrupted run: same samples, so same bytes
-        _write_shard(folder / name, records[k * records_per_shard:(k + 1) * records_per_shard], group_size)
+        _write_shard(folder / name, shard(k), group_size)
         written += 1
         if written % 10 == 0 or k == len(names) - 1:
             elapsed = max(time.time() - t0, 1e-9)
@@ -173,7 +191,9 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     manifest: dict[str, Any] = {
         "format_version": prepared.FORMAT_VERSION, "name": spec.name, "num_samples": len(records),
         "task": spec.task, "shards": names, "group_size": group_size,
-        "shard_records": [len(records[k * records_per_shard:(k + 1) * records_per_shard]) for k in range(len(names))],
+        "shard_records": [len(shard(k)) for k in range(len(names))],
+        # size, records and digests per shard: checked when training opens the folder (prepared.verify_folder)
+        "shard_files": [prepared.file_record(folder / name, len(shard(k))) for k, name in enumerate(names)],
         "samples_sha256": fingerprint,
         "spec": {k: v for k, v in dataclasses.asdict(spec).items()},
         "skipped": dict(counter.counts.get(spec.name, {})), "skipped_examples": counter.examples.get(spec.name, []),
@@ -181,19 +201,64 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
         "seconds": round(time.time() - t0, 2),
     }
     if spec.task == CLASSIFICATION:
-        labels = sorted({s.label for s in samples})
-        ids = {label: i for i, label in enumerate(labels)}
-        manifest["labels"] = labels
-        tmp = folder / ".labels.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, np.array([ids[s.label] for s in samples], dtype=np.int32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / "labels.npy")
+        manifest["labels"] = _write_labels(folder / prepared.LABELS, samples)
+        manifest["labels_file"] = prepared.file_record(folder / prepared.LABELS)
     write_json_atomic(folder / prepared.MANIFEST, manifest)
     _fsync_dir(folder)
     log(f"{spec.name}: {len(records)} samples in {len(names)} shards, {counter.total(spec.name)} rows skipped, "
         f"{len(records) / max(time.time() - t0, 1e-9):.0f} samples/s")
+    return manifest
+
+
+def _verify_and_repair(spec: DatasetSpec, folder: Path, samples: Sequence, names: list[str],
+                       shard: Callable[[int], list[bytes]], group_size: int,
+                       log: Callable[[str], None]) -> dict[str, Any]:
+    """A finished dataset prepared again: every file checked in full against the manifest; what does not match
+    (or is missing) is rewritten from the samples, which equal the manifest's (samples_sha256), so the rewritten
+    files equal the originals. A manifest from before file digests: each shard is rebuilt and compared byte for
+    byte, and the manifest gains the digests."""
+    manifest = prepared.read_manifest(folder)
+    labels_path = folder / prepared.LABELS
+    if manifest.get("shard_files"):
+        expected = {entry["name"]: entry for entry in manifest["shard_files"]}
+        bad = [k for k, name in enumerate(names) if prepared.check_file(folder / name, expected[name], "full")]
+        bad_labels = "labels_file" in manifest and bool(prepared.check_file(labels_path, manifest["labels_file"],
+                                                                            "full"))
+        for k in bad:
+            _write_shard(folder / names[k], shard(k), group_size)
+        if bad_labels:
+            _write_labels(labels_path, samples)
+        upgraded = False
+    else:
+        bad = []
+        for k, name in enumerate(names):
+            fresh = folder / f".{name}.verify"
+            _write_shard(fresh, shard(k), group_size)
+            if (folder / name).is_file() and filecmp.cmp(fresh, folder / name, shallow=False):
+                fresh.unlink()
+            else:
+                os.replace(fresh, folder / name)
+                bad.append(k)
+        bad_labels = False
+        if spec.task == CLASSIFICATION:
+            before = labels_path.read_bytes() if labels_path.is_file() else None
+            _write_labels(labels_path, samples)
+            bad_labels = before != labels_path.read_bytes()
+        upgraded = True
+    if upgraded or bad:
+        manifest["shard_files"] = [prepared.file_record(folder / name, len(shard(k))) for k, name in enumerate(names)]
+        manifest.setdefault("shard_records", [entry["records"] for entry in manifest["shard_files"]])
+    if spec.task == CLASSIFICATION and (upgraded or bad_labels):
+        manifest["labels_file"] = prepared.file_record(labels_path)
+    if upgraded or bad or bad_labels:
+        write_json_atomic(folder / prepared.MANIFEST, manifest)
+        _fsync_dir(folder)
+    repaired = [names[k] for k in bad] + ([prepared.LABELS] if bad_labels else [])
+    if repaired:
+        log(f"{spec.name}: {len(repaired)} of {len(names) + (spec.task == CLASSIFICATION)} files did not match "
+            f"the manifest and were rewritten: {', '.join(repaired[:5])}{' ...' if len(repaired) > 5 else ''}")
+    else:
+        log(f"{spec.name}: already prepared ({len(samples)} samples, {len(names)} shards verified), skipped")
     return manifest
 
 

@@ -14,6 +14,8 @@ config.data fields (defaults in brackets; the values live in qzhou_jax/config_ba
   num_threads       Grain read threads [2];  prefetch_buffer_size  Grain prefetch depth [4]
   packing           0: off; N: pack each batch's texts into rows of N tokens (data/packing.py); True: N = the
                     dataset's longest max_len [0]
+  verify            prepared: sources, checked against their manifest at start-up: "quick" (sizes, record counts,
+                    digests of each shard's ends), "full" (every byte hashed), "off" ["quick"]
   defaults          dict of dataset fields applied to every dataset unless it sets them [{}]
 
 Dataset dict fields:
@@ -172,6 +174,7 @@ class DataConfig:
     num_threads: int = _D["num_threads"]
     prefetch_buffer_size: int = _D["prefetch_buffer_size"]
     packing: int | bool = _D["packing"]
+    verify: str = _D["verify"]
 
     @classmethod
     def from_config(cls, data: Any) -> "DataConfig":

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -219,10 +220,13 @@ def test_opening_a_prepared_dataset_opens_no_shard_until_its_records_are_read(tm
     real = ards.array_record_module.ArrayRecordReader
     monkeypatch.setattr(ards.array_record_module, "ArrayRecordReader",
                         lambda path, *a, **k: opened.append(os.path.basename(path)) or real(path, *a, **k))
-    samples = prepared.PreparedSamples(tmp_path / "out" / "ret")
+    samples = prepared.PreparedSamples(tmp_path / "out" / "ret", verify="off")
     assert len(samples) == n and opened == []  # counts come from the manifest
-    assert samples[20] == prepared.PreparedSamples(tmp_path / "out" / "ret")[20]
+    assert samples[20] == prepared.PreparedSamples(tmp_path / "out" / "ret", verify="off")[20]
     assert len(opened) == 2 and all(name.startswith("data-00001-of-") for name in opened)  # record 20's shard only
+    opened.clear()
+    checked = prepared.PreparedSamples(tmp_path / "out" / "ret")  # the default quick check at start-up
+    assert sorted(opened) == manifests["ret"]["shards"] and checked.reads == 0  # each index once, no record
 
     manifest = json.loads((tmp_path / "out" / "ret" / "manifest.json").read_text())
     manifest["shard_records"][-1] += 1
@@ -277,3 +281,147 @@ def test_group_size_below_one_is_a_usage_error_naming_the_flag(tmp_path, write_j
         main(["--config", str(cfg), "--out", str(tmp_path / "out"), "--group-size", "0"])
     assert exit_info.value.code == 2 and "--group-size 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def train_config_file(path, datasets, **data):
+    """A training config: configs/demo.py's stage 1 (tiny model) on `datasets`, nothing evaluated or exported."""
+    path.write_text(textwrap.dedent(f"""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("demo_config", {str(REPO / "configs" / "demo.py")!r})
+        demo = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(demo)
+
+
+        def get_config():
+            c = demo.stage1()
+            c.data.datasets = {datasets!r}
+            c.data.batch_size = dict(retrieval=8, pair_score=8, classification=8)
+            c.data.buckets = (4, 8)
+            for key, value in {data!r}.items():
+                c.data[key] = value
+            c.eval.tasks = ()
+            c.export.at_end = False
+            c.plot = False
+            return c
+        """))
+    return path
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    else:  # 64 bytes flipped in the middle
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 64]) + data[mid + 64:])
+
+
+def _same_files(a, b):
+    names = sorted(p.name for p in b.iterdir() if p.is_file() and p.name != "manifest.json")
+    assert sorted(p.name for p in a.iterdir() if p.is_file() and p.name != "manifest.json") == names
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_them(
+        tmp_path, write_jsonl, tokenizer, capsys):
+    from qzhou_jax import train
+    from qzhou_jax.data import inspect as data_inspect
+    from qzhou_jax.data.prepare import main as prepare_main
+
+    write_inputs(tmp_path, write_jsonl)
+    config = in_memory_config(tmp_path)
+    argv = ["--config", str(write_config_file(tmp_path, config)), "--records-per-shard", "16", "--out",
+            str(tmp_path / "out")]
+    assert prepare_main(argv) == 0
+    prepare(config, tmp_path / "clean", records_per_shard=16, log=lambda _: None)
+    capsys.readouterr()
+    ret, cls = tmp_path / "out" / "ret", tmp_path / "out" / "cls"
+    _damage(ret / "data-00001-of-00004.array_record", "truncate")
+    (ret / "data-00002-of-00004.array_record").unlink()
+    _damage(cls / "labels.npy", "flip")
+
+    # Named at start-up, before a batch is drawn or a step compiled: data.inspect and training, one line, exit 2.
+    (tmp_path / "p").mkdir()
+    prepared_cfg = write_config_file(tmp_path / "p", prepared_config(config, tmp_path / "out"))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    train_cfg = train_config_file(tmp_path / "train_cfg.py", prepared_config(config, tmp_path / "out")["datasets"])
+    for cli, args in ((data_inspect.main, ["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]),
+                      (train.main, ["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])):
+        with pytest.raises(SystemExit) as stop:
+            cli(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{ret}: 2 of 4 prepared file(s) do not match manifest.json" in err
+        assert f"{ret}/data-00001-of-00004.array_record (shard 2 of 4): " in err and "the manifest says" in err
+        assert f"{ret}/data-00002-of-00004.array_record (shard 3 of 4): missing" in err
+        assert "Rerun the `python -m qzhou_jax.data.prepare` command" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    # The same prepare command again verifies every file and rewrites the damaged ones: equal to a clean run's.
+    assert prepare_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ret: 2 of 4 files did not match the manifest and were rewritten" in out, out
+    assert "cls: 1 of 3 files did not match the manifest and were rewritten: labels.npy" in out
+    assert "sts: already prepared (30 samples, 2 shards verified)" in out
+    for name in ("ret", "sts", "cls"):
+        _same_files(tmp_path / "out" / name, tmp_path / "clean" / name)
+    assert prepare_main(argv) == 0
+    assert "ret: already prepared (60 samples, 4 shards verified)" in capsys.readouterr().out
+    assert data_inspect.main(["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]) == 0
+
+    # A folder prepared before shards were recorded in the manifest: rebuilt, compared, and the digests added.
+    manifest = json.loads((ret / "manifest.json").read_text())
+    del manifest["shard_files"]
+    (ret / "manifest.json").write_text(json.dumps(manifest))
+    _damage(ret / "data-00003-of-00004.array_record", "flip")
+    assert prepare_main(argv) == 0
+    assert "ret: 1 of 4 files did not match the manifest and were rewritten: data-00003" in capsys.readouterr().out
+    assert json.loads((ret / "manifest.json").read_text())["shard_files"] == \
+        json.loads((tmp_path / "clean" / "ret" / "manifest.json").read_text())["shard_files"]
+    _same_files(ret, tmp_path / "clean" / "ret")
+
+
+def test_flipped_bytes_name_their_shard_when_read_fail_the_full_check_and_are_repaired(
+        tmp_path, write_jsonl, capsys):
+    from qzhou_jax.data import inspect as data_inspect
+    from qzhou_jax.data.prepare import main as prepare_main
+
+    rng = np.random.default_rng(0)
+    write_jsonl(tmp_path / "ret.jsonl", [{"query": sentence(rng, 8), "pos": [sentence(rng, 30)]} for _ in range(3000)])
+    config = dict(datasets=[dict(name="ret", source=f"jsonl:{tmp_path}/ret.jsonl", task="retrieval",
+                                 num_negatives=0)], batch_size=dict(retrieval=64), num_threads=2)
+    argv = ["--config", str(write_config_file(tmp_path, config)), "--out", str(tmp_path / "out")]
+    assert prepare_main(argv) == 0
+    shard = tmp_path / "out" / "ret" / "data-00000-of-00001.array_record"
+    good = shard.read_bytes()
+    assert len(good) > 4 * prepared.QUICK_BLOCK  # the middle is outside what the quick check reads
+    _damage(shard, "flip")
+    capsys.readouterr()
+
+    # The quick start-up check reads the ends only; the damaged records, once read, name file and shard.
+    samples = prepared.PreparedSamples(tmp_path / "out" / "ret")
+    errors = []
+    for i in range(len(samples)):
+        try:
+            samples[i]
+        except prepared.DamagedShards as err:
+            errors.append(str(err))
+    assert errors and all(f"{shard}: record " in e and " of shard 1 of 1 (sample " in e for e in errors)
+    assert "chunk data hash mismatch" in errors[0] and "Rerun the `python -m qzhou_jax.data.prepare`" in errors[0]
+    dataset, _ = build_pipeline(prepared_config(config, tmp_path / "out"), None, process_index=0, process_count=1)
+    with pytest.raises(prepared.DamagedShards, match=r"of shard 1 of 1 \(sample \d+\) cannot be read"):
+        take(dataset, 150)  # three epochs: every record is drawn (through Grain's threads)
+
+    # data.verify=full hashes every byte at start-up.
+    (tmp_path / "p").mkdir()
+    prepared_cfg = write_config_file(tmp_path / "p", dict(prepared_config(config, tmp_path / "out"), verify="quick"))
+    with pytest.raises(SystemExit) as stop:
+        data_inspect.main(["--config", str(prepared_cfg), "--config.data.verify=full"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{shard} (shard 1 of 1): content differs from the manifest's sha256" in err
+
+    assert prepare_main(argv) == 0
+    assert "ret: 1 of 1 files did not match the manifest and were rewritten" in capsys.readouterr().out
+    assert shard.read_bytes() == good
