@@ -22,17 +22,28 @@ def _reasons(counter: SkipCounter, name: str) -> str:
     return "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no row was skipped"
 
 
-def check_read(spec, samples: list, counter: SkipCounter) -> None:
-    """Raises DatasetRefused for the cases above; `samples` are the dataset's samples as read."""
-    head = f"dataset {spec.name!r} ({spec.source}, split {spec.split!r})"
+def _head(spec) -> str:
+    return f"dataset {spec.name!r} ({spec.source}, split {spec.split!r})"
+
+
+def check_skipped(spec, kept: int, counter: SkipCounter) -> None:
+    """Refuses a dataset whose malformed rows exceed data.max_skipped_fraction of its rows (`kept`: the samples
+    read). Every path applies it: in-memory loading, `prepare`, and training from a prepared manifest."""
     invalid = counter.invalid_counts.get(spec.name, 0)
-    if not samples:
-        raise DatasetRefused(f"{head}: no samples left ({_reasons(counter, spec.name)})")
-    fraction = invalid / (invalid + len(samples))
+    fraction = invalid / (invalid + kept) if invalid else 0.0
     if invalid and fraction > counter.max_skipped_fraction:
-        raise DatasetRefused(f"{head}: {invalid} malformed rows skipped against {len(samples)} samples kept "
+        raise DatasetRefused(f"{_head(spec)}: {invalid} malformed rows skipped against {kept} samples kept "
                              f"({fraction:.1%}), above data.max_skipped_fraction = {counter.max_skipped_fraction}: "
                              f"{_reasons(counter, spec.name)}. Fix the data, or raise the limit knowingly")
+
+
+def check_read(spec, samples: list, counter: SkipCounter) -> None:
+    """Raises DatasetRefused for the cases above; `samples` are the dataset's samples as read."""
+    head = _head(spec)
+    counter.samples_read[spec.name] = len(samples)
+    if not samples:
+        raise DatasetRefused(f"{head}: no samples left ({_reasons(counter, spec.name)})")
+    check_skipped(spec, len(samples), counter)
     if spec.task == CLASSIFICATION:
         labels = sorted({s.label for s in samples})
         if len(labels) < 2:

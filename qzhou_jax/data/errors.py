@@ -33,6 +33,13 @@ class SkipCounter:
     counts: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter))
     examples: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     invalid_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    samples_read: dict = dataclasses.field(default_factory=dict)  # per dataset, as checks.check_read saw them
+
+    @classmethod
+    def for_data(cls, data) -> "SkipCounter":
+        """The counter of a data config (spec.DataConfig): its skip_invalid and max_skipped_fraction, the same rule
+        on every path (training, inspect, prepare, mining between stages)."""
+        return cls(skip_invalid=data.skip_invalid, max_skipped_fraction=data.max_skipped_fraction)
 
     def skip(self, dataset: str, reason: str, where: str) -> None:
         """Counts a row skipped by design (never raises)."""
@@ -54,6 +61,13 @@ class SkipCounter:
             self.counts[dataset].update(reasons)
             room = self.max_examples - len(self.examples[dataset])
             self.examples[dataset].extend(other.examples[name][:max(room, 0)])
+
+    def add_recorded(self, dataset: str, counts: dict, examples: list, invalid: int = 0) -> None:
+        """Counts recorded elsewhere (a prepared dataset's manifest) under `dataset`, for the same report."""
+        self.counts[dataset].update(counts)
+        self.invalid_counts[dataset] += invalid
+        room = self.max_examples - len(self.examples[dataset])
+        self.examples[dataset].extend(list(examples)[:max(room, 0)])
 
     def total(self, dataset: str | None = None) -> int:
         if dataset is not None:

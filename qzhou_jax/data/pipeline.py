@@ -77,10 +77,16 @@ def _subset_indices(spec: DatasetSpec, n: int, seed: int) -> np.ndarray | None:
 
 def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0, verify: str = prepared.VERIFY_DEFAULT):
     """A prepared dataset as a lazy sequence (max_examples / both_directions as views; no record is read). Its
-    shards are checked against the manifest first (`verify`, prepared.VERIFY_LEVELS)."""
+    shards are checked against the manifest first (`verify`, prepared.VERIFY_LEVELS); the rows `prepare` skipped
+    join the report and the max_skipped_fraction rule, as if the data were read here."""
     samples = prepared.PreparedSamples(_expand(spec.location), verify=verify)
     if samples.task != spec.task:
         raise DataError(spec.source, f"holds {samples.task!r} samples, the config's task is {spec.task!r}")
+    manifest = samples.manifest
+    counter.add_recorded(spec.name, manifest.get("skipped", {}), manifest.get("skipped_examples", []),
+                         int(manifest.get("malformed_rows", 0)))
+    if manifest.get("samples_read") is not None:  # manifests before it was recorded: reported, not checked
+        checks.check_skipped(spec, int(manifest["samples_read"]), counter)
     if (keep := _subset_indices(spec, len(samples), seed)) is not None:
         if spec.task == CLASSIFICATION:  # drop labels our own subsampling left with one text (counted)
             labels = np.asarray(samples.labels)[keep]
@@ -141,7 +147,7 @@ class LoadedDataset:
 
 def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
     config = DataConfig.from_config(config)
-    counter = counter or SkipCounter(skip_invalid=config.skip_invalid, max_skipped_fraction=config.max_skipped_fraction)
+    counter = counter or SkipCounter.for_data(config)
     return [LoadedDataset(spec, load_samples(spec, counter, config.seed, config.verify))
             for spec in config.datasets], counter
 

@@ -16,7 +16,8 @@ so a crash (kill -9) leaves only whole shards; a rerun checks that the samples a
 their fingerprint), writes the missing shards and the manifest, and verifies finished datasets in full against
 their manifest (size, records, sha256 of every file), rewriting any file that does not match. Shards are a pure
 function of the samples, so an interrupted-then-resumed (or repaired) run gives the same files as an
-uninterrupted one.
+uninterrupted one. With data.skip_invalid, a dataset whose malformed rows exceed data.max_skipped_fraction is
+refused here as in training; the manifest records the counts, which training reports and checks again.
 `hub:` sources download into the Hugging Face cache first (huggingface_hub).
 """
 from __future__ import annotations
@@ -141,16 +142,18 @@ def _write_labels(path: Path, samples: Sequence) -> list[str]:
 
 
 def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid: bool = False,
+                    max_skipped_fraction: float = 1.0,
                     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest."""
+    """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest. Malformed rows beyond
+    `max_skipped_fraction` (data.max_skipped_fraction) refuse the dataset, as training would (checks.py)."""
     if group_size < 1:
         raise UsageError(f"group_size {group_size}: need >= 1 records per ArrayRecord chunk")
     from qzhou_jax.data.pipeline import load_samples
 
     folder = out / spec.name
     t0 = time.time()
-    counter = SkipCounter(skip_invalid=skip_invalid)
+    counter = SkipCounter(skip_invalid=skip_invalid, max_skipped_fraction=max_skipped_fraction)
     samples = load_samples(dataclasses.replace(spec, both_directions=False), counter, seed)
     records = [prepared.encode_sample(s) for s in samples]
     digest = hashlib.sha256()
@@ -197,6 +200,9 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
         "samples_sha256": fingerprint,
         "spec": {k: v for k, v in dataclasses.asdict(spec).items()},
         "skipped": dict(counter.counts.get(spec.name, {})), "skipped_examples": counter.examples.get(spec.name, []),
+        # malformed rows among the rows read: training applies its own data.max_skipped_fraction to them
+        "malformed_rows": int(counter.invalid_counts.get(spec.name, 0)),
+        "samples_read": counter.samples_read.get(spec.name, len(records)),
         "sources": source_fingerprints(spec), "lengths": length_statistics(spec.task, samples),
         "seconds": round(time.time() - t0, 2),
     }
@@ -263,9 +269,10 @@ def _verify_and_repair(spec: DatasetSpec, folder: Path, samples: Sequence, names
 
 
 def _prepare_one(args, log: Callable[[str], None] = print) -> dict[str, Any]:  # module-level: runs in workers
-    spec_fields, out, seed, skip_invalid, records_per_shard, group_size = args
+    spec_fields, out, seed, skip_invalid, max_skipped_fraction, records_per_shard, group_size = args
     return prepare_dataset(DatasetSpec(**spec_fields), Path(out), seed=seed, skip_invalid=skip_invalid,
-                           records_per_shard=records_per_shard, group_size=group_size, log=log)
+                           max_skipped_fraction=max_skipped_fraction, records_per_shard=records_per_shard,
+                           group_size=group_size, log=log)
 
 
 def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
@@ -280,8 +287,8 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mine = [s for i, s in enumerate(config.datasets) if i % count == index]
-    jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, records_per_shard, group_size)
-            for s in mine]
+    jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, config.max_skipped_fraction,
+             records_per_shard, group_size) for s in mine]
     t0 = time.time()
     if workers > 1 and len(jobs) > 1:
         # spawn: a clean interpreter per worker (no forked threads or locks)

@@ -79,7 +79,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
             continue
         rows_path = os.path.join(out_dir, f"{name}.input.jsonl")
         if jax.process_index() == 0:
-            samples = pipeline.load_samples(spec, SkipCounter(data.skip_invalid), data.seed)
+            samples = pipeline.load_samples(spec, SkipCounter.for_data(data), data.seed)
             write_jsonl(rows_path, (_row(s, spec.instruction) for s in samples))
         _barrier(f"mine-input-{name}")
         if encoder is None or encoder.max_length != max_length:

@@ -12,6 +12,7 @@ import grain
 import numpy as np
 import pytest
 
+from qzhou_jax.config import load_config
 from qzhou_jax.data import hub, prepared
 from qzhou_jax.data.pipeline import build_pipeline, load_datasets
 from qzhou_jax.data.prepare import prepare
@@ -306,6 +307,57 @@ def train_config_file(path, datasets, **data):
             return c
         """))
     return path
+
+
+def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prepared_skips(
+        tmp_path, write_jsonl, tokenizer, capsys):
+    from qzhou_jax import train
+    from qzhou_jax.data import inspect as data_inspect
+    from qzhou_jax.data.prepare import main as prepare_main
+
+    rows = [{"query": f"what is {WORDS[i % len(WORDS)]} {i}", "pos": [f"{WORDS[(i + 3) % len(WORDS)]} passage {i}"]}
+            for i in range(100)]
+    write_jsonl(tmp_path / "ret.jsonl", rows[:50] + ["{broken", {"pos": ["a row without its query"]}] + rows[50:])
+    data = dict(datasets=[dict(name="ret", source=f"jsonl:{tmp_path}/ret.jsonl", task="retrieval", num_negatives=0,
+                               max_len_query=8, max_len_passage=8)],
+                batch_size=dict(retrieval=8), buckets=(4, 8), skip_invalid=True, max_skipped_fraction=0.01)
+    cfg = write_config_file(tmp_path, data)
+    out = tmp_path / "out"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    inspect_args = ["--batches", "1", "--hist-batches", "1", "--tokenizer", str(tmp_path / "tok")]
+    refused = ("2 malformed rows skipped against 100 samples kept (2.0%), above data.max_skipped_fraction = 0.01: "
+               "1 x malformed JSON")
+    # 2 bad rows of 102 are above the default limit (1%): prepare refuses them as data.inspect does, one line, exit 2.
+    for cli, extra in ((prepare_main, ["--out", str(out)]), (data_inspect.main, inspect_args)):
+        with pytest.raises(SystemExit) as stop:
+            cli(["--config", str(cfg), *extra])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and refused in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (out / "ret" / "manifest.json").exists()
+
+    # Raised knowingly, it prepares; the manifest keeps the malformed count against the samples read.
+    assert prepare_main(["--config", str(cfg), "--out", str(out), "--config.data.max_skipped_fraction=0.05"]) == 0
+    manifest = json.loads((out / "ret" / "manifest.json").read_text())
+    assert manifest["malformed_rows"] == 2 and manifest["samples_read"] == 100 and manifest["num_samples"] == 100
+    assert sum(manifest["skipped"].values()) == 2
+
+    # Training from the prepared folder applies its own limit to those counts (the same rule on every path) ...
+    datasets = [dict(name="ret", source=f"prepared:{out}/ret")]
+    train_cfg = train_config_file(tmp_path / "train_cfg.py", datasets)
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"dataset 'ret' (prepared:{out}/ret, split 'train'): {refused}" in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
+
+    # ... and reports them, as it does for data read in memory (train prints info.skipped.report()).
+    (tmp_path / "p").mkdir()
+    pcfg = write_config_file(tmp_path / "p", dict(data, datasets=datasets, max_skipped_fraction=0.05))
+    assert data_inspect.main(["--config", str(pcfg), *inspect_args]) == 0
+    printed = capsys.readouterr().out
+    assert "ret: 2 rows skipped" in printed and "malformed JSON" in printed and "field 'query' is missing" in printed
+    _, info = build_pipeline(load_config(str(pcfg)).data, None, process_index=0, process_count=1)
+    assert "ret: 2 rows skipped" in info.skipped.report()
 
 
 def _damage(path, how):
