@@ -69,6 +69,7 @@ def _config(args) -> MineConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Exit status 0 when every row got its negatives; 1 (after printing the stats) when some got fewer."""
     cfg, distributed, debug = parse_args(argv)
     cli_errors.setup_logging(debug)
     with cli_errors.reported(debug):
@@ -77,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             initialize_distributed()
         stats = mine(cfg)
         print(json.dumps(stats), flush=True)
+        if stats["rows_short_of_negatives"]:
+            raise cli_errors.RunFailed(
+                f"{cfg.output}: {stats['rows_short_of_negatives']} of {stats['rows_out']} rows have fewer than "
+                f"--negatives {cfg.select.negatives} negatives (too few eligible passages in --range "
+                f"{cfg.select.window[0]}:{cfg.select.window[1]} after the false-negative rule); the rows are "
+                f"written; widen --range or relax the rule to fill them")
     return stats
 
 

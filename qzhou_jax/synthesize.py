@@ -36,6 +36,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
     p.add_argument("--max-attempts", type=int, default=20, help="requests per item until N outputs pass the checks")
     p.add_argument("--max-requests", type=int, default=None, help="stop cleanly after this many HTTP requests")
+    p.add_argument("--max-unusable", type=int, default=None,
+                   help="stop after this many answers in a row are unusable (no JSON object, no well-formed entry, "
+                        "or a request failed after its retries) [max(--concurrency, 8)]; 0: never")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="I/N: this process takes rows with index %% N == I")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request before it is retried")
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Prints the summary as one JSON line; a known error is one line (exit status 2: bad usage, HTTP 401/403)."""
+    """Prints the summary as one JSON line. Exit status 0 only when the output is complete: 1 when items are short,
+    failed or unfinished, or the run stopped on a wave of unusable answers; 2 for bad usage (and HTTP 401/403)."""
     args = build_parser().parse_args(argv)
     cli_errors.setup_logging(args.debug, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -90,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with cli_errors.reported(args.debug):
         summary = _run(args)
         print(json.dumps(summary, ensure_ascii=False), flush=True)
+        if "complete" in summary and not summary["complete"]:
+            from qzhou_jax.synthesis.run import shortfall
+
+            raise cli_errors.RunFailed(shortfall(summary))
     return summary
 
 

@@ -33,6 +33,7 @@ def test_project_errors_are_classified():
     from qzhou_jax.data.prepared import DamagedShards
     from qzhou_jax.hf.load import CheckpointError
     from qzhou_jax.synthesis.client import AuthError
+    from qzhou_jax.synthesis.run import UnusableAnswers
     from qzhou_jax.train import NonFiniteError
     from qzhou_jax.workdir_lock import WorkdirBusyError
 
@@ -40,7 +41,7 @@ def test_project_errors_are_classified():
                   DamagedShards("f", "x"), CheckpointError("no weights"), AuthError("401")):
         assert cli_errors.exit_status(usage) == 2, usage
         assert isinstance(usage, ValueError)  # callers catching ValueError still do
-    for failed in (CheckpointSaveError("x"), NonFiniteError("x"), WorkdirBusyError("x")):
+    for failed in (CheckpointSaveError("x"), NonFiniteError("x"), WorkdirBusyError("x"), UnusableAnswers("x")):
         assert cli_errors.exit_status(failed) == 1, failed
 
 

@@ -130,10 +130,15 @@ class ChatClient:
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight = 0
         self._auth_error: AuthError | None = None
+        self._halted: BaseException | None = None  # halt(): the run stopped; nothing more is sent
         self._rng = random.Random(seed)  # jitter only; never affects what is asked or accepted
 
     async def close(self) -> None:
         await self._client.close()
+
+    def halt(self, error: BaseException) -> None:
+        """No request is sent after this (those waiting for a slot raise `error`); those in flight finish."""
+        self._halted = error
 
     def request_body(self, messages: list[dict], schema_name: str, response_format: dict, seed: int) -> dict:
         body = dict(model=self.model, messages=messages, temperature=self.temperature, seed=seed)
@@ -147,6 +152,8 @@ class ChatClient:
         async with self._slots:
             if self._auth_error is not None:  # every further request would be refused too
                 raise self._auth_error
+            if self._halted is not None:
+                raise self._halted
             if self.max_requests is not None and self.stats.requests >= self.max_requests:
                 raise BudgetExhausted(f"--max-requests {self.max_requests} reached")
             self.stats.requests += 1

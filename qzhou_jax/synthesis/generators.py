@@ -60,6 +60,11 @@ class Generator:
     def check(self, item: Item, candidate: tuple, accepted: list) -> str | None:
         raise NotImplementedError
 
+    def usable(self, payload) -> bool:
+        """Whether an answer holds at least one well-formed entry (checks may still reject it): a whole wave of
+        unusable answers means the server or model cannot do this job, and the run stops (run.py)."""
+        return bool(_candidates(payload, self.name, self.fields)[0])
+
     def accept(self, item: Item, payload, outcome: Outcome, need: int, attempt: int) -> None:
         """Adds the answer's valid candidates (at most `need`) to `outcome`; counts rejections by reason."""
         candidates, malformed = _candidates(payload, self.name, self.fields)

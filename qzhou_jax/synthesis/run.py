@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qzhou_jax.cli_errors import UsageError
+from qzhou_jax.cli_errors import RunFailed, UsageError
 from qzhou_jax.data.formats import get_optional_text, get_text, get_text_list
 from qzhou_jax.data.sources import read_jsonl
 from qzhou_jax.synthesis import decontam, generators, near_dups, prompts
@@ -55,6 +55,49 @@ class SynthesisConfig:
     decontaminate_tasks: str = "all"   # local eval tasks ("all", a comma list, or "none")
     decontaminate_files: Sequence[str] = ()
     progress_every: float = 10.0
+    max_unusable: int | None = None    # stop after this many unusable answers in a row; None: max(concurrency, 8)
+
+    @property
+    def unusable_limit(self) -> int:
+        """A wave: as many answers as requests in flight, at least MIN_WAVE (one bad answer must not stop a run)."""
+        return max(self.concurrency, MIN_WAVE) if self.max_unusable is None else self.max_unusable
+
+
+MIN_WAVE = 8
+
+
+class UnusableAnswers(RunFailed):
+    """A whole wave of fresh answers in a row was unusable (no JSON object, no well-formed entry, or the request
+    failed after its retries): the server or model cannot do the job, so asking on would only spend requests."""
+
+
+class Watch:
+    """Counts fresh answers in completion order; trips after `limit` unusable ones in a row (0: never).
+    Journaled answers replayed on a rerun do not count: the run that paid for them already judged them."""
+
+    def __init__(self, limit: int, on_trip=lambda error: None):
+        self.limit, self.streak, self.unusable, self.on_trip = limit, 0, 0, on_trip
+        self.reasons: dict[str, int] = {}
+        self.tripped: UnusableAnswers | None = None
+
+    def answer(self, usable: bool, reason: str = "") -> None:
+        if usable:
+            self.streak = 0
+            return
+        self.streak += 1
+        self.unusable += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if self.limit and self.streak >= self.limit and self.tripped is None:
+            causes = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
+            self.tripped = UnusableAnswers(
+                f"stopped after {self.streak} unusable answers in a row ({causes}): the server or model does not "
+                f"answer with the JSON asked for; check --base-url / --model (or --no-structured-output), or "
+                f"raise --max-unusable")
+            self.on_trip(self.tripped)
+
+    def check(self) -> None:
+        if self.tripped is not None:
+            raise self.tripped
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -107,6 +150,7 @@ class Counters:
     completion_tokens: int = 0
     accepted: int = 0
     rejected: dict = dataclasses.field(default_factory=dict)
+    unusable: int = 0          # fresh answers without a well-formed entry, and failed requests
 
 
 def _add(counts: dict, other: dict) -> None:
@@ -114,7 +158,7 @@ def _add(counts: dict, other: dict) -> None:
         counts[k] = counts.get(k, 0) + v
 
 
-async def _process(item, gen, cfg, client, journal, counters) -> generators.Outcome:
+async def _process(item, gen, cfg, client, journal, counters, watch: Watch) -> generators.Outcome:
     outcome = generators.Outcome([], [])
     rf = prompts.response_format(gen.name)
     for attempt in range(1, cfg.max_attempts + 1):
@@ -125,7 +169,9 @@ async def _process(item, gen, cfg, client, journal, counters) -> generators.Outc
         seed = request_seed(cfg.seed, gen.name, item, attempt)
         key = request_key(client.request_body(messages, gen.name, rf, seed), gen.name)
         completion = journal.get(key)
-        if completion is None:
+        fresh = completion is None
+        if fresh:
+            watch.check()  # a tripped run asks nothing more
             completion = await client.complete(messages, rf, seed)
             await journal.append(key, item.index, attempt, completion)  # durable before it is used
             counters.prompt_tokens += completion.prompt_tokens
@@ -138,7 +184,11 @@ async def _process(item, gen, cfg, client, journal, counters) -> generators.Outc
             payload = parse_json_object(completion.text)
         except ValueError:
             outcome.rejected[generators.MALFORMED_JSON] = outcome.rejected.get(generators.MALFORMED_JSON, 0) + 1
+            if fresh:
+                watch.answer(False, generators.MALFORMED_JSON)
             continue
+        if fresh:
+            watch.answer(gen.usable(payload), generators.SCHEMA)
         gen.accept(item, payload, outcome, need, attempt)
     return outcome
 
@@ -164,6 +214,7 @@ async def generate(cfg: SynthesisConfig, items: list[generators.Item], client: C
     counters, outcomes = Counters(), {}
     queue = iter(items)
     stop: list[BaseException] = []
+    watch = Watch(cfg.unusable_limit, on_trip=client.halt)  # requests waiting for a slot are not sent either
     start = time.time()
 
     async def worker():
@@ -171,16 +222,17 @@ async def generate(cfg: SynthesisConfig, items: list[generators.Item], client: C
             if stop:
                 return
             try:
-                outcome = await _process(item, gen, cfg, client, journal, counters)
-            except BudgetExhausted as err:
-                stop.append(err)
-                return
-            except AuthError as err:
+                outcome = await _process(item, gen, cfg, client, journal, counters, watch)
+            except (BudgetExhausted, AuthError, UnusableAnswers) as err:
                 stop.append(err)
                 return
             except RequestFailed as err:
                 counters.failed[err.reason] = counters.failed.get(err.reason, 0) + 1
                 log.warning("item %s (%s) failed: %s", item.index, item.source_id, err)
+                watch.answer(False, f"request_{err.reason}")  # a hanging or failing server stops the run too
+                if watch.tripped is not None:
+                    stop.append(watch.tripped)
+                    return
                 continue
             outcomes[item.index] = outcome
             counters.accepted += len(outcome.accepted)
@@ -203,6 +255,7 @@ async def generate(cfg: SynthesisConfig, items: list[generators.Item], client: C
         reporter.cancel()
     print(_progress_line(gen.name, len(items), counters, client, start, final=True), file=sys.stderr, flush=True)
     unfinished = len(items) - len(outcomes) - sum(counters.failed.values())
+    counters.unusable = watch.unusable
     return outcomes, counters, unfinished, (stop[0] if stop else None)
 
 
@@ -283,7 +336,9 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
         journal.close()
     rows, duplicates, contaminated, near = assemble(items, outcomes, cfg.generator, cfg.model, decontaminator,
                                                     near_duplicates=shard[1] == 1)
-    complete = stopped is None and unfinished == 0 and not counters.failed
+    # Complete: every item of this shard got its N outputs. Short items are partial too (a rerun replays the same
+    # answers; a higher --max-attempts asks further).
+    complete = stopped is None and unfinished == 0 and not counters.failed and not counters.short
     summary = {
         "generator": cfg.generator, "model": cfg.model, "input": cfg.input, "output": cfg.output,
         "shard": cfg.shard, "n": cfg.n, "seed": cfg.seed, "input_rows": total_rows, "items": len(items),
@@ -297,15 +352,34 @@ def run(cfg: SynthesisConfig, decontaminator: decontam.Decontaminator | None = N
         "structured_output": client.structured,
         "tokens": {"prompt": counters.prompt_tokens, "completion": counters.completion_tokens},
         "accepted": counters.accepted, "rejected": dict(sorted(counters.rejected.items())),
+        "unusable_answers": counters.unusable,
         "duplicates_dropped": duplicates, "near_duplicates_dropped": near,  # None: left to `merge`
         "decontaminated": contaminated, "rows_written": len(rows),
         "elapsed_s": round(time.time() - start, 3),
     }
     write_rows(cfg.output, rows)
     write_atomic(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    if isinstance(stopped, AuthError):
-        raise stopped
+    if isinstance(stopped, (AuthError, UnusableAnswers)):  # the setup is wrong: everything so far is saved
+        raise type(stopped)(f"{stopped}; {shortfall(summary, stopped=False)}; summary in {summary_path}")
     if not complete:
-        log.warning("%s is partial (%s); rerun the same command to finish: finished items are not requested again",
-                    cfg.output, summary["stopped"] or f"{unfinished} unfinished, failed {counters.failed}")
+        log.warning("%s", shortfall(summary))
     return summary
+
+
+def shortfall(summary: dict, stopped: bool = True) -> str:
+    """What a partial summary lacks, on one line, and what to do about it ("" when complete)."""
+    if summary.get("complete"):
+        return ""
+    failed = summary.get("items_failed") or {}
+    parts = [f"{summary.get('items_done', 0)} of {summary.get('items', 0)} items done"]
+    if summary.get("items_short"):
+        parts.append(f"{summary['items_short']} short of --n {summary.get('n')} after --max-attempts (raise it to "
+                     f"ask further)")
+    if failed:
+        parts.append(f"{sum(failed.values())} failed ({', '.join(f'{k} {v}' for k, v in sorted(failed.items()))})")
+    if summary.get("items_unfinished"):
+        parts.append(f"{summary['items_unfinished']} unfinished (rerun the same command: answers already paid for "
+                     f"are not asked again)")
+    if summary.get("stopped") and stopped:
+        parts.append(f"stopped by {summary['stopped']}")
+    return f"{summary.get('output')} is partial: {'; '.join(parts)}; {summary.get('rows_written', 0)} rows written"

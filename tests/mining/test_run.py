@@ -198,6 +198,22 @@ def _cli(argv, capsys):
     return status, out, err
 
 
+def test_cli_exit_status_says_whether_every_row_got_its_negatives(tmp_path, model_dir, data, capsys):
+    args = ["--model", model_dir, "--input", data["input"], "--output", str(tmp_path / "out.jsonl"), "--corpus",
+            data["corpus"], "--instruction", INSTRUCTION, "--batch-size", "16", "--max-length", "64",
+            "--cache", str(tmp_path / "cache")]
+    status, out, err = _cli([*args, "--range", "0:3", "--negatives", "4"], capsys)  # 3 ranks cannot give 4
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert status == 1 and stats["rows_short_of_negatives"] == stats["rows_out"] == len(data["rows"])
+    assert err.strip().splitlines()[-1] == (
+        f"error: {tmp_path}/out.jsonl: {len(data['rows'])} of {len(data['rows'])} rows have fewer than --negatives 4 "
+        f"negatives (too few eligible passages in --range 0:3 after the false-negative rule); the rows are written; "
+        f"widen --range or relax the rule to fill them")
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == len(data["rows"])
+    status, out, err = _cli([*args, "--range", "0:30", "--negatives", "4"], capsys)
+    assert status == 0 and json.loads(out.strip().splitlines()[-1])["rows_short_of_negatives"] == 0
+
+
 def test_cli_usage_errors_are_one_line(tmp_path, model_dir, data, capsys):
     args = ["--input", data["input"], "--output", str(tmp_path / "out.jsonl"), "--max-length", "64"]
     status, _, err = _cli(["--model", model_dir, *args, "--range", "10:1000"], capsys)
