@@ -13,10 +13,12 @@ them, is reported, moved aside and the previous one is used.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
 import shutil
 import time
+import weakref
 from typing import Any
 
 import grain
@@ -53,25 +55,67 @@ class CheckpointSaveError(RunFailed):
     """A checkpoint save failed (e.g. a full disk); names the directory and its free space."""
 
 
+# The step of each manager's asynchronous save still to be settled. Orbax's finalize thread consumes a failed
+# background write's error (manager.check_for_errors() then sees nothing) and re-raises it only from the next
+# save's wait, which named the wrong step; so the loop settles the save itself as soon as it has finished.
+_PENDING: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
+
+
 def save_error(manager: ocp.CheckpointManager, step: int | None, error: BaseException) -> CheckpointSaveError:
+    """The error of a failed save: its step, the path it was written to (the partial directory is removed),
+    the free space there."""
     directory = str(manager.directory)
     try:
         usage = shutil.disk_usage(directory)
         space = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
     except OSError:
         space = "free space unknown"
+    partial = _remove_partial(manager, step) if step is not None else []
     what = f"step {step}" if step is not None else "a background save"
-    return CheckpointSaveError(f"saving checkpoint {what} to {directory} failed ({type(error).__name__}: "
-                               f"{str(error)[:300]}); {space} there. The checkpoints already committed are intact; "
-                               f"free space (or point the workdir elsewhere) and rerun to resume from the newest.")
+    where = partial[0] if partial else directory
+    removed = f"; removed the partial {', '.join(partial)}" if partial else ""
+    return CheckpointSaveError(f"saving checkpoint {what} to {where} failed ({type(error).__name__}: "
+                               f"{_excerpt(str(error))}); {space} in {directory}{removed}. The "
+                               f"checkpoints already committed are intact; free space (or point the workdir "
+                               f"elsewhere) and rerun to resume from the newest.")
+
+
+def _excerpt(text: str, keep: int = 160) -> str:
+    """Both ends of a long message: storage errors put the cause (e.g. "No space left on device") last."""
+    text = " ".join(text.split())
+    return text if len(text) <= 2 * keep + 5 else f"{text[:keep]} ... {text[-keep:]}"
+
+
+def _remove_partial(manager: ocp.CheckpointManager, step: int) -> list[str]:
+    """Deletes what a failed save of `step` left: Orbax's `<step>.orbax-checkpoint-tmp-*` directories (on a full
+    disk they hold the space the rerun needs). Returns their paths (process 0 removes; every process names)."""
+    pattern = os.path.join(glob.escape(str(manager.directory)), f"{step}.orbax-checkpoint-tmp*")
+    partial = sorted(glob.glob(pattern))
+    if jax.process_index() == 0:
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+    return partial
 
 
 def check_background_save(manager: ocp.CheckpointManager) -> None:
-    """Raises CheckpointSaveError if an asynchronous save has failed since the last call (cheap: every step)."""
+    """Called every step: once the asynchronous save in flight has finished, settles it, so a failed one raises
+    CheckpointSaveError at the next step, naming its own step and path. Cheap while it is still writing."""
+    if _PENDING.get(manager) is not None and not manager.is_saving_in_progress():
+        settle(manager)
     try:
         manager.check_for_errors()
     except Exception as e:  # noqa: BLE001 - whatever the writer raised, the run must stop and say where
-        raise save_error(manager, None, e) from e
+        raise save_error(manager, _PENDING.pop(manager, None), e) from e
+
+
+def settle(manager: ocp.CheckpointManager) -> None:
+    """Waits for the save in flight (if any); raises CheckpointSaveError naming its step if it failed."""
+    step = _PENDING.pop(manager, None)
+    try:
+        manager.wait_until_finished()
+        manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+        raise save_error(manager, step, e) from e
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, *, force: bool = False,
@@ -83,10 +127,14 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(data_iter),
                               meta=ocp.args.JsonSave(meta))
+    settle(manager)  # an earlier save that failed is reported under its own step, before this one starts
     try:
-        return manager.save(step, args=args, force=force, metrics=metrics)
+        saved = manager.save(step, args=args, force=force, metrics=metrics)
     except Exception as e:  # noqa: BLE001
         raise save_error(manager, step, e) from e
+    if saved:
+        _PENDING[manager] = step
+    return saved
 
 
 def _parts(state) -> dict:

@@ -337,11 +337,7 @@ def _keep_tokenizer(tokenizer, workdir: str) -> str:
 
 
 def _wait(manager) -> None:
-    try:
-        manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
-        raise checkpoint.save_error(manager, None, e) from e
-    checkpoint.check_background_save(manager)
+    checkpoint.settle(manager)  # a failed last save names its step and path
 
 
 def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[str, float]:

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -195,25 +196,68 @@ def test_silently_flipped_bytes_are_caught_by_the_fingerprint(trained_workdir, t
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 120 MiB filesystem: one demo checkpoint (76 MiB) fits, a second does not."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mount)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
+def tmpfs(tmp_path):
+    """tmpfs(size): a filesystem of that size (e.g. "120m") under tmp_path, unmounted afterwards."""
+    mounts = []
+
+    def mount(size):
+        path = tmp_path / f"tmpfs{len(mounts)}"
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode:
+            pytest.skip("cannot mount a tmpfs here (not root?)")
+        mounts.append(path)
+        return path
     yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def test_a_failed_background_save_is_named_with_its_step_and_path_once_it_fails_and_removed(tmp_path, tmpfs):
+    """Orbax's finalize thread swallows a failed background write (check_for_errors then sees nothing) and
+    re-raises it from the next save's wait only; the loop's per-step check must report it itself."""
+    import collections
+
+    import grain
+    import jax.numpy as jnp
+
+    disk = tmpfs("2m")
+    manager = checkpoint.make_manager(str(disk / "run"), every=1, keep=3, async_save=True)
+    State = collections.namedtuple("State", "step params opt_state")
+    state = State(jnp.array(1), {"w": jax.random.normal(jax.random.key(0), (1024, 1024))}, {"m": jnp.zeros(3)})
+    data_iter = iter(grain.MapDataset.range(10).to_iter_dataset())
+    checkpoint.save(manager, 7, state, data_iter, {}, force=True)  # 4 MiB of random floats: no room
+    for _ in range(600):  # the training loop calls this once per step
+        try:
+            checkpoint.check_background_save(manager)
+        except checkpoint.CheckpointSaveError as err:
+            message = str(err)
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the failed save was never reported")
+    directory = checkpoint.checkpoint_dir(str(disk / "run"))
+    assert message.startswith(f"saving checkpoint step 7 to {directory}/7.orbax-checkpoint-tmp")
+    assert "No space left on device" in message and f"removed the partial {directory}/7.orbax" in message
+    assert os.listdir(directory) == []  # the space the partial save held is free again
+    assert "2.0 MiB free of 2.0 MiB" in message
 
 
 @pytest.mark.slow
-def test_full_disk_stops_the_run_at_the_next_step_and_keeps_what_was_saved(small_tmpfs):
-    workdir = small_tmpfs / "run"
-    cfg = demo_config("--config.train.steps=12", "--config.checkpoint.async_save=True")
-    with pytest.raises(checkpoint.CheckpointSaveError) as err:
-        train.run(cfg, str(workdir))
-    message = str(err.value)
-    assert str(checkpoint.checkpoint_dir(str(workdir))) in message and "MiB free of 120.0 MiB" in message
+def test_full_disk_names_the_failed_save_at_the_next_step_removes_it_and_keeps_what_was_saved(tmpfs):
+    workdir = tmpfs("120m") / "run"  # one demo checkpoint (76 MiB) fits, a second does not
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1",
+                           f"--workdir={workdir}", *COMMON, "--config.train.steps=12", "--config.checkpoint.every=3",
+                           "--config.checkpoint.async_save=True"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    directory = checkpoint.checkpoint_dir(str(workdir))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith(f"error: saving checkpoint step 6 to {directory}/6.orbax-checkpoint-tmp")
+    assert "No space left on device" in errors[0] and "MiB free of 120.0 MiB" in errors[0]
+    assert "removed the partial" in errors[0] and "Traceback" not in done.stdout + done.stderr
     last_step = max(r["step"] for r in read_metrics(str(workdir)))
-    assert last_step <= 6  # the step-4 save failed: noticed at step 5 (or by the step-6 save), not at the end
-    params, _, meta = checkpoint.restore_params(str(workdir))  # the step-2 checkpoint is intact and verified
-    assert meta["step"] == 2
+    assert 6 <= last_step < 9, last_step  # noticed at the steps after it failed, before the step-9 save
+    assert sorted(os.listdir(directory)) == ["3"]  # nothing partial left; the step-3 checkpoint intact
+    params, _, meta = checkpoint.restore_params(str(workdir))
+    assert meta["step"] == 3
