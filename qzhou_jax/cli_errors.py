@@ -42,6 +42,8 @@ FOREIGN = {("qzhou_jax.hf.load", "CheckpointError"): USAGE}
 
 # OS errors that mean "that path is wrong" (usage) rather than "the machine failed" (full disk, I/O error).
 _PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS}
+# The same kinds raised with a message only (no errno).
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def exit_status(error: BaseException) -> int | None:
@@ -55,7 +57,7 @@ def exit_status(error: BaseException) -> int | None:
         if isinstance(cls, type) and isinstance(error, cls):
             return status
     if isinstance(error, OSError):
-        return USAGE if error.errno in _PATH_ERRNOS or isinstance(error, FileNotFoundError) else FAILED
+        return USAGE if error.errno in _PATH_ERRNOS or isinstance(error, _PATH_ERRORS) else FAILED
     return None
 
 

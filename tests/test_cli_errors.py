@@ -17,6 +17,7 @@ from qzhou_jax.cli_errors import RunFailed, UsageError
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "/no/config.json"), 2),
     (OSError(errno.EROFS, "Read-only file system", "/ro/run"), 2),
     (OSError(errno.ENOSPC, "No space left on device", "/full/run"), 1),
+    (FileExistsError("/out: already holds a model"), 2),  # a message, no errno
     (ValueError("a bug"), None),
     (KeyError("a bug"), None),
 ])
