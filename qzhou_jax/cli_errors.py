@@ -79,6 +79,9 @@ def debugging(debug: bool = False) -> bool:
     return bool(debug) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+NOISY_LOGGERS = ("absl", "orbax", "jax._src")
+
+
 class _OneLineFormatter(logging.Formatter):
     """Log records without tracebacks: a library's `log.exception(...)` (Orbax's failed background save, for one)
     would otherwise print one above the one-line error. The exception's type and text stay on the line."""
@@ -107,6 +110,9 @@ def setup_logging(debug: bool = False, *, level: int = logging.INFO, stream=None
     implicit = bool(root.handlers) and all(type(h) is logging.StreamHandler for h in root.handlers)
     fresh = implicit or not root.handlers
     logging.basicConfig(level=logging.DEBUG if debug else level, format=fmt, stream=stream, force=implicit)
+    if fresh and not debug:  # Orbax, Grain (through absl) and JAX's INFO lines would drown ours
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
     if fresh and root.handlers and not debugging(debug):
         root.handlers[0].setFormatter(_OneLineFormatter(fmt))
     if not debugging(debug):
