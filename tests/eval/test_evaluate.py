@@ -141,8 +141,9 @@ def test_bad_models_are_reported_clearly(tmp_path):
     (tmp_path / "stage1" / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="neither a training workdir.*stage1"):
         ev.load_encoder(str(tmp_path))
-    with pytest.raises(KeyError, match="unknown task"):
+    with pytest.raises(SystemExit) as stop:  # the CLI: one line, exit 2 (test_cli_usage_errors_... below)
         ev.main(["--model", "random:demo", "--tasks", "NoSuchTask", "--output", str(tmp_path / "x.json")])
+    assert stop.value.code == 2
 
 
 def test_module_entry_point_runs():
