@@ -32,6 +32,7 @@ def test_project_errors_are_classified():
     from qzhou_jax.data.checks import DatasetRefused
     from qzhou_jax.data.errors import DataError
     from qzhou_jax.data.prepared import DamagedShards
+    from qzhou_jax.hf.convert import ConvertError
     from qzhou_jax.hf.load import CheckpointError
     from qzhou_jax.synthesis.client import AuthError
     from qzhou_jax.synthesis.run import UnusableAnswers
@@ -39,7 +40,7 @@ def test_project_errors_are_classified():
     from qzhou_jax.workdir_lock import WorkdirBusyError
 
     for usage in (ConfigError("a.b", 1, "bad"), ConfigLoadError("x"), DataError("f:1", "bad"), DatasetRefused("x"),
-                  DamagedShards("f", "x"), CheckpointError("no weights"), AuthError("401")):
+                  DamagedShards("f", "x"), CheckpointError("no weights"), AuthError("401"), ConvertError("x.gguf")):
         assert cli_errors.exit_status(usage) == 2, usage
         assert isinstance(usage, ValueError)  # callers catching ValueError still do
     for failed in (CheckpointSaveError("x"), NonFiniteError("x"), WorkdirBusyError("x"), UnusableAnswers("x")):
@@ -86,6 +87,7 @@ def test_log_records_lose_their_tracebacks_unless_debugging():
     ("qzhou_jax.evaluate", ["--help"]), ("qzhou_jax.mine", ["--help"]), ("qzhou_jax.plan", ["--help"]),
     ("qzhou_jax.synthesize", ["paraphrase", "--help"]), ("qzhou_jax.synthesize", ["merge", "--help"]),
     ("qzhou_jax.data.prepare", ["--help"]), ("qzhou_jax.data.inspect", ["--help"]),
+    ("qzhou_jax.hf.convert", ["--help"]),
 ])
 def test_every_command_has_debug(module, argv, capsys):
     with pytest.raises(SystemExit) as stop:

@@ -38,13 +38,14 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from qzhou_jax import cli_errors
+from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.hf.tokenizer_files import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ SOURCE_FILE = "qzhou_import.json"  # where the directory came from: source, kind
 PAD_CANDIDATES = ("<|endoftext|>",)
 
 
-class ConvertError(ValueError):
-    """The source cannot be imported; the message names the file and the key."""
+class ConvertError(UsageError):
+    """The source cannot be imported; the message names the file and the key (exit 2, like every usage error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,14 +436,12 @@ def main(argv=None) -> Path:
     parser.add_argument("--eos-token", default=None, help="EOS token (default: the source's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     parser.add_argument("--max-shard-size", type=float, default=5e9, help="bytes per safetensors shard")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
+    cli_errors.setup_logging(args.debug)
+    with cli_errors.reported(args.debug):  # ConvertError, a missing or unwritable path: one line, exit 2 or 1
         out = convert(args.src, args.out, dtype=args.dtype, pad_token=args.pad_token, eos_token=args.eos_token,
                       overwrite=args.overwrite, max_shard_bytes=args.max_shard_size)
-    except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} (model.hf_dir={out})")
     return out
 

@@ -98,7 +98,11 @@ def test_what_qwen2_cannot_compute_is_refused_by_name(tmp_path, overrides, match
 def test_cli_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         convert.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "no such file or directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "no such file or directory" in err
+    assert "Traceback" not in err and err.count("\n") == 1  # one line, no traceback unless --debug
+    with pytest.raises(convert.ConvertError):
+        convert.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--debug"])
     (tmp_path / "w.bin").write_bytes(b"x")
     with pytest.raises(SystemExit):
         convert.main(["--from", str(tmp_path / "w.bin"), "--out", str(tmp_path / "o")])
