@@ -146,6 +146,14 @@ def _check_paths(cfg, prefix: str, first: bool) -> None:
                                                               _is_model_dir(source)):
         raise ConfigError(prefix + "init_from", source, "neither a training workdir (no checkpoints/ there) nor an "
                           "HF model directory (no config.json)" if os.path.isdir(source) else "no such directory")
+    # What mines this stage's negatives (mining/stages.mining_model): without this check a wrong path would
+    # surface only when the stage's mining starts, after the stages before it have trained.
+    miner = (cfg.mine.get("model") or "") if cfg.get("mine") and cfg.mine.get("enabled") else ""
+    if miner == "base" and not hf_dir:
+        raise ConfigError(prefix + "mine.model", miner, "'base' mines with model.hf_dir, which is not set")
+    if miner not in ("", "base") and not (checkpoint.is_workdir(miner) or _is_model_dir(miner)):
+        raise ConfigError(prefix + "mine.model", miner, "neither a training workdir (no checkpoints/ there) nor an "
+                          "HF model directory (no config.json)" if os.path.isdir(miner) else "no such directory")
     _check_sources(cfg, prefix)
 
 

@@ -58,6 +58,20 @@ def test_data_paths_are_checked_naming_the_dataset_entry(tmp_path):
         config_check.check(cfg, device_count=8)
 
 
+def test_the_mining_model_is_checked_before_any_stage_trains(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "miner" / "checkpoints").mkdir(parents=True)  # a training workdir
+    for model, message in (("base", "'base' mines with model.hf_dir, which is not set"),
+                           (f"{tmp_path}/plain", "neither a training workdir"), ("/no/miner", "no such directory")):
+        cfg = load_config("configs/demo.py", ["--config.stages.stage2.mine.enabled=True",
+                                              f"--config.stages.stage2.mine.model={model}"])
+        with pytest.raises(config_check.ConfigError, match=rf"^config.stages.stage2.mine.model = .*: {message}"):
+            config_check.check(cfg, device_count=8)
+    config_check.check(load_config("configs/demo.py", ["--config.stages.stage2.mine.enabled=True",
+                                                       f"--config.stages.stage2.mine.model={tmp_path}/miner"]),
+                       device_count=8)
+
+
 def test_value_lists_agree_with_their_owners():
     from qzhou_jax import optim
     from qzhou_jax.hf.export import EXPORT_DTYPES
@@ -106,15 +120,17 @@ def test_keep_best_needs_evaluations_at_checkpoints():
         config_check.check(cfg, device_count=8)
 
 
-@pytest.mark.parametrize("override,error", [
+@pytest.mark.parametrize("overrides,error", [
     ("optim.lr=0", "error: config.optim.lr = 0.0: must be a positive number"),
     ("model.dtype=float33", "error: config.model.dtype = 'float33': must be one of float32, bfloat16, float16"),
+    ("optim.decay=step", "error: config.optim.decay = 'step': must be one of linear, cosine, constant"),
+    ("mine.enabled=True mine.model=/no/miner", "error: config.mine.model = '/no/miner': no such directory"),
 ])
-def test_cli_prints_one_line_and_compiles_nothing(tmp_path, override, error):
+def test_cli_prints_one_line_and_compiles_nothing(tmp_path, overrides, error):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-m", "qzhou_jax.train", "--config=configs/demo.py:stage1",
-                           f"--workdir={tmp_path}", f"--config.{override}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           f"--workdir={tmp_path}", *(f"--config.{o}" for o in overrides.split())], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == error
     assert "Traceback" not in done.stderr + done.stdout
