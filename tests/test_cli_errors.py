@@ -87,7 +87,7 @@ def test_log_records_lose_their_tracebacks_unless_debugging():
     ("qzhou_jax.evaluate", ["--help"]), ("qzhou_jax.mine", ["--help"]), ("qzhou_jax.plan", ["--help"]),
     ("qzhou_jax.synthesize", ["paraphrase", "--help"]), ("qzhou_jax.synthesize", ["merge", "--help"]),
     ("qzhou_jax.data.prepare", ["--help"]), ("qzhou_jax.data.inspect", ["--help"]),
-    ("qzhou_jax.hf.convert", ["--help"]),
+    ("qzhou_jax.hf.convert", ["--help"]), ("qzhou_jax.eval.mteb_local", ["--help"]),
 ])
 def test_every_command_has_debug(module, argv, capsys):
     with pytest.raises(SystemExit) as stop:

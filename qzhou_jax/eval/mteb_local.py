@@ -32,6 +32,8 @@ import time
 import warnings
 from typing import Any, Sequence
 
+from qzhou_jax import cli_errors
+from qzhou_jax.cli_errors import UsageError  # a bad --tasks value (task_names), a missing model: one line, exit 2
 from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.eval import tasks as qt
 from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name
@@ -51,10 +53,6 @@ _SUPERSEDED = r".*is superseded by"  # mteb warns (log and warning) per v1 task;
 class _DropSuperseded(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "is superseded by" not in record.getMessage()
-
-
-class UsageError(ValueError):
-    """A bad --tasks value: reported as one line, exit 2."""
 
 
 def task_names(names: str | Sequence[str]) -> list[str]:
@@ -194,18 +192,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
     parser.add_argument("--st-instructions", action="store_true",
                         help="give st: models our instructions as prompts (default: plain texts)")
+    cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
     # force: importing mteb's dependencies has configured the root logger already, which would hide ours.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", force=True)
     for noisy in ("mteb", "datasets", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # per-batch / per-phase chatter at INFO
     logging.getLogger("mteb.abstasks.abstask").addFilter(_DropSuperseded())
+    with cli_errors.reported(args.debug):
+        return _main(args)
+
+
+def _main(args) -> list[dict]:
     if args.max_examples < 0:
-        parser.exit(2, f"{parser.prog}: error: --max-examples must be >= 0 (0 = all), got {args.max_examples}\n")
+        raise UsageError(f"--max-examples must be >= 0 (0 = all), got {args.max_examples}")
     try:
         names = task_names(args.tasks)  # before loading any model
     except UsageError as e:
-        parser.exit(2, f"{parser.prog}: error: --tasks: {e}\n")
+        raise UsageError(f"--tasks: {e}") from None
 
     rows, model_names = [], []
     for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
@@ -219,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             model = load_model(spec, st_instructions=args.st_instructions, max_length=args.max_length,
                                batch_size=args.batch_size, dtype=args.dtype, step=step, seed=args.seed)
         except (ModelSpecError, FileNotFoundError) as e:
-            parser.exit(2, f"{parser.prog}: error: {flag}: {e}\n")
+            raise UsageError(f"{flag}: {cli_errors.message(e)}") from None
         rows += evaluate(model, names, max_examples=args.max_examples, model_name=name, batch_size=args.batch_size)
     ev.write_json(rows, args.output)
     print(ev.results_table(rows, main_metrics(names)), flush=True)
