@@ -49,3 +49,19 @@ def smollm2_base(tmp_path_factory):
     except convert.ConvertError as e:
         pytest.skip(str(e))
     return convert.convert("smollm2-135m-instruct", tmp_path_factory.mktemp("bases") / "smollm2-135m-instruct")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Each test leaves the root logger as it found it. A command's `cli_errors.setup_logging`, called in-process by a
+    test while pytest captures stderr, installs a handler on that captured stream; left in place, it writes into the
+    closed stream of a later test ("--- Logging error ---" in that test's stderr)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)
