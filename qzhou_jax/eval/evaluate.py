@@ -224,6 +224,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         return _main(args)
 
 
+def model_name(spec: str, step: int | None, st_instructions: bool, taken: list[str]) -> str:
+    """A --model / --compare column's name: the spec, @step for a chosen checkpoint, how an st: model is prompted,
+    and "(again)" when the same name is already a column."""
+    name = spec if step is None else f"{spec}@{step}"
+    name = display_name(name, st_instructions) if spec.startswith(ST_PREFIX) else name
+    return name if name not in taken else f"{name} (again)"
+
+
 def _main(args) -> list[dict]:
     try:
         tasks = get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
@@ -233,9 +241,7 @@ def _main(args) -> list[dict]:
     for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
         if spec is None:
             continue
-        name = spec if step is None else f"{spec}@{step}"
-        name = display_name(name, args.st_instructions) if spec.startswith(ST_PREFIX) else name
-        name = name if name not in names else f"{name} (again)"
+        name = model_name(spec, step, args.st_instructions, names)
         names.append(name)
         try:
             encoder = load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,

@@ -36,7 +36,7 @@ from qzhou_jax import cli_errors
 from qzhou_jax.cli_errors import UsageError  # a bad --tasks value (task_names), a missing model: one line, exit 2
 from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.eval import tasks as qt
-from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name
+from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ def _main(args) -> list[dict]:
     for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
         if spec is None:
             continue
-        name = spec if step is None else f"{spec}@{step}"
-        name = display_name(name, args.st_instructions) if spec.startswith(ST_PREFIX) else name
-        name = name if name not in model_names else f"{name} (again)"
+        name = ev.model_name(spec, step, args.st_instructions, model_names)
         model_names.append(name)
         try:
             model = load_model(spec, st_instructions=args.st_instructions, max_length=args.max_length,
