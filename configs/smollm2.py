@@ -37,10 +37,11 @@ SIZES = {
     "full": dict(trainable="all", remat="full", query_len=64, passage_len=128, pair_len=48, retrieval_batch=16,
                  pair_batch=32, class_batch=16, negatives=1, steps1=40, steps2=120, lr1=1e-4, lr2=1e-4,
                  mine_examples=None, max_examples=None, eval_examples=300, eta=0.3, cosent_tau=0.5),
-    # benchmarks/design_choices.py: one short run per row of docs/learning.md's design-choice table (demo lengths)
-    "ablation": dict(trainable="all", remat="full", query_len=32, passage_len=64, pair_len=32, retrieval_batch=16,
-                     pair_batch=32, class_batch=16, negatives=1, steps1=15, steps2=30, lr1=1e-4, lr2=1e-4,
-                     mine_examples=None, max_examples=None, eval_examples=200, eta=0.3, cosent_tau=0.5),
+    # benchmarks/design_choices.py: one short run per row of docs/learning.md's design-choice table (demo lengths,
+    # ~12 min a row on 2 cores; no remat: these batches fit in ~5 GB, and recomputation would cost a quarter more)
+    "ablation": dict(trainable="all", remat="none", query_len=32, passage_len=64, pair_len=32, retrieval_batch=8,
+                     pair_batch=16, class_batch=8, negatives=1, steps1=10, steps2=20, lr1=1e-4, lr2=1e-4,
+                     mine_examples=None, max_examples=None, eval_examples=150, eta=0.3, cosent_tau=0.5),
     "demo": dict(trainable="all", remat="full", query_len=32, passage_len=64, pair_len=32, retrieval_batch=8,
                  pair_batch=16, class_batch=8, negatives=1, steps1=10, steps2=20, lr1=1e-4, lr2=1e-4,
                  mine_examples=200, max_examples=2000, eval_examples=150, eta=0.3, cosent_tau=0.5),
