@@ -33,8 +33,26 @@ def load_config(path: str, overrides: list[str] = ()):
     except flags.Error as e:  # a bad value, or the file itself failed (its traceback is in the message)
         raise ConfigLoadError(str(e)) from e
     except (KeyError, AttributeError) as e:  # an override of a key the config does not have
-        raise ConfigLoadError(f"{path}: no such key in the overrides {list(overrides)}: {_innermost(e)}") from e
+        raise ConfigLoadError(f"{path}: no such key in the overrides {list(overrides)}: {_innermost(e)}"
+                              f"{_staged_hint(path, overrides)}") from e
     return values.config
+
+
+def _staged_hint(path: str, overrides: Sequence[str]) -> str:
+    """A staged config (configs/demo.py, smollm2.py) holds its keys under stages.<name>: say so when a plain
+    `--config.model.x` missed them, the commonest mistake with such a file."""
+    if not overrides or all(o.startswith("--config.stages.") for o in overrides):
+        return ""
+    try:
+        stages = load_config(path).get("stages")
+    except ConfigLoadError:
+        return ""
+    if not stages:
+        return ""
+    names = list(stages)
+    return (f". {path} is a staged config (stages {', '.join(names)}): set a stage's key as "
+            f"--config.stages.{names[0]}.<key>, or load one stage as {path.split(':')[0]}:{names[0]} where the file "
+            f"takes a stage argument")
 
 
 def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):

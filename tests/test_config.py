@@ -27,6 +27,16 @@ def test_a_bad_override_is_one_clear_error(override, words):
         assert word.lower() in str(err.value).lower(), str(err.value)
 
 
+def test_a_plain_override_on_a_staged_config_names_the_stages():
+    with pytest.raises(ConfigLoadError) as err:
+        load_config("configs/demo.py", ["--config.model.dtype=float32"])
+    assert "staged config (stages stage1, stage2)" in str(err.value)
+    assert "--config.stages.stage1.<key>" in str(err.value), str(err.value)
+    with pytest.raises(ConfigLoadError) as err:  # a single stage's file: no such hint
+        load_config(DEMO, ["--config.nope.x=1"])
+    assert "staged" not in str(err.value)
+
+
 def test_commands_exit_with_usage_and_the_message(capsys):
     parser = argparse.ArgumentParser(prog="cmd")
     parser.add_argument("--config", required=True)
