@@ -44,12 +44,15 @@ ROWS = {
     "tau_0.05": ("InfoNCE tau 0.05 instead of the paper's 0.02", "ablation", _both("loss.tau", 0.05)),
     "cosent_tau_0.02": ("CoSENT at the paper's tau 0.02 too (ours: 0.5)", "ablation",
                         ["--config.stages.stage2.loss.cosent_tau=0.02"]),
+    # Not a design choice: the recipe again with another batch order, so a reader can tell a row's difference from
+    # run-to-run noise.
+    "recipe_seed1": ("the recipe again, data seed 1 (the noise between runs)", "ablation", _both("data.seed", 1)),
 }
 
 
-def run_row(name: str, out: Path, base: str | None) -> dict:
-    what, arg, overrides = ROWS[name]
-    workdir = out / name
+def row_overrides(name: str, out: Path, base: str | None) -> tuple[str, list[str]]:
+    """(config argument, every override) of one row's training run."""
+    _, arg, overrides = ROWS[name]
     alone = arg.endswith("alone")
     if base:
         overrides = overrides + ([f"--config.model.hf_dir={base}"] if alone else _both("model.hf_dir", base))
@@ -57,15 +60,21 @@ def run_row(name: str, out: Path, base: str | None) -> dict:
     # model fingerprint and texts, serves every row and stage, so the corpus is encoded once for the whole sweep.
     cache = f"{out / 'base_mining_cache'}"
     overrides = overrides + ([f"--config.mine.cache={cache}"] if alone else _both("mine.cache", cache))
-    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", f"configs/smollm2.py:{arg}", "--workdir",
-           str(workdir), *overrides]
+    return f"configs/smollm2.py:{arg}", overrides
+
+
+def run_row(name: str, out: Path, base: str | None) -> dict:
+    what = ROWS[name][0]
+    config, overrides = row_overrides(name, out, base)
+    workdir = out / name
+    cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", config, "--workdir", str(workdir), *overrides]
     done = workdir / "done.json"
     start = time.time()
     if not done.exists():
         print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
         with open(out / f"{name}.log", "a") as log:
             subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return {"row": name, "what": what, "config": f"configs/smollm2.py:{arg}", "overrides": overrides,
+    return {"row": name, "what": what, "config": config, "overrides": overrides,
             "scores": final_scores(workdir), "seconds": round(time.time() - start, 1)}
 
 

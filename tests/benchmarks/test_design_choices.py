@@ -1,0 +1,78 @@
+"""benchmarks/design_choices.py: every row changes the recipe in the one respect it names (its config and
+overrides loaded as the sweep would run them), and the table is read back from the runs' metrics."""
+import json
+
+import pytest
+
+from benchmarks import design_choices as dc
+from qzhou_jax.config import load_config
+
+BOTH = ("stage1", "stage2")
+
+
+def flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def loaded(name, tmp_path):
+    config, overrides = dc.row_overrides(name, tmp_path, "/bases/smollm2")
+    return flat(load_config(config, [o for o in overrides]).to_dict())
+
+
+def both(key):
+    return {f"stages.{s}.{key}" for s in BOTH}
+
+
+EXPECTED = {
+    "bidirectional_last": both("model.pooling"),
+    "causal_mean": both("model.attention"),
+    "causal_last": both("model.attention") | both("model.pooling"),
+    "no_query_query": both("loss.query_query"),
+    "no_mined": both("mine.enabled"),
+    "tau_0.05": both("loss.tau"),
+    "cosent_tau_0.02": {"stages.stage2.loss.cosent_tau"},
+    "recipe_seed1": both("data.seed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_row_changes_the_recipe_in_one_respect(name, tmp_path):
+    recipe, row = loaded("recipe", tmp_path), loaded(name, tmp_path)
+    assert recipe.keys() == row.keys()
+    assert {k for k in recipe if recipe[k] != row[k]} == EXPECTED[name]
+    # every row trains the same base on the same shared mining cache
+    assert row["stages.stage1.model.hf_dir"] == "/bases/smollm2"
+    assert row["stages.stage2.mine.cache"] == str(tmp_path / "base_mining_cache")
+
+
+def test_stage2_alone_is_stage2_from_the_base_for_both_stages_steps(tmp_path):
+    recipe, alone = loaded("recipe", tmp_path), loaded("stage2_alone", tmp_path)
+    stage2 = {k.removeprefix("stages.stage2."): v for k, v in recipe.items() if k.startswith("stages.stage2.")}
+    steps = recipe["stages.stage1.train.steps"] + recipe["stages.stage2.train.steps"]
+    assert {k for k in stage2 if stage2[k] != alone[k]} == {"init_from", "train.steps", "checkpoint.every",
+                                                            "eval.every"}
+    assert alone["init_from"] == "base" and alone["train.steps"] == steps and alone["eval.every"] == steps
+    assert alone["model.hf_dir"] == "/bases/smollm2"
+
+
+def test_table_reads_the_last_evaluation_of_the_last_stage(tmp_path):
+    def metrics(path, records):
+        path.mkdir(parents=True)
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    metrics(tmp_path / "a" / "stage1", [{"step": 10, "eval/STSBenchmark/main_score": 0.9}])
+    metrics(tmp_path / "a" / "stage2", [{"step": 10, "eval/STSBenchmark/main_score": 0.1},
+                                        {"step": 20, "loss": 1.0},
+                                        {"step": 20, "eval/STSBenchmark/main_score": 0.5,
+                                         "eval/SICK-R/main_score": 0.25, "eval/SICK-R/n_examples": 150}])
+    scores = dc.final_scores(tmp_path / "a")
+    assert scores == {"STSBenchmark": 0.5, "SICK-R": 0.25}
+    text = dc.table([{"what": "the recipe", "config": "configs/smollm2.py:ablation", "scores": scores,
+                      "overrides": ["--config.stages.stage1.loss.tau=0.05", "--config.model.hf_dir=/b"]}])
+    assert "| the recipe | 50.00 | 25.00 | 37.50 | `configs/smollm2.py:ablation` stages.stage1.loss.tau=0.05 |" in text
