@@ -68,7 +68,8 @@ def run_row(name: str, out: Path, base: str | None) -> dict:
     config, overrides = row_overrides(name, out, base)
     workdir = out / name
     cmd = [sys.executable, "-m", "qzhou_jax.train", "--config", config, "--workdir", str(workdir), *overrides]
-    done = workdir / "done.json"
+    # a staged run marks each finished stage with its own done.json; the last one marks the row
+    done = workdir / ("done.json" if config.endswith("alone") else f"{BOTH[-1]}/done.json")
     start = time.time()
     if not done.exists():
         print(f"== {name}: {' '.join(cmd[3:])}", flush=True)

@@ -76,3 +76,19 @@ def test_table_reads_the_last_evaluation_of_the_last_stage(tmp_path):
     text = dc.table([{"what": "the recipe", "config": "configs/smollm2.py:ablation", "scores": scores,
                       "overrides": ["--config.stages.stage1.loss.tau=0.05", "--config.model.hf_dir=/b"]}])
     assert "| the recipe | 50.00 | 25.00 | 37.50 | `configs/smollm2.py:ablation` stages.stage1.loss.tau=0.05 |" in text
+
+
+def test_a_finished_row_is_not_run_again(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(dc.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    for name, marker in (("recipe", "recipe/stage2/done.json"), ("stage2_alone", "stage2_alone/done.json")):
+        stages = ["stage1", "stage2"] if name == "recipe" else [""]
+        for stage in stages:
+            path = tmp_path / name / stage
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "metrics.jsonl").write_text('{"step": 1, "eval/STSBenchmark/main_score": 0.5}\n')
+        assert dc.run_row(name, tmp_path, None)["scores"] == {"STSBenchmark": 0.5} and len(ran) == 1  # not finished
+        (tmp_path / marker).write_text("{}")
+        dc.run_row(name, tmp_path, None)
+        assert len(ran) == 1, name  # finished: not run again
+        ran.clear()
