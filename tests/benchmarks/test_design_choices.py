@@ -20,8 +20,8 @@ def flat(tree, prefix=""):
     return out
 
 
-def loaded(name, tmp_path):
-    config, overrides = dc.row_overrides(name, tmp_path, "/bases/smollm2")
+def loaded(name, tmp_path, seed=0):
+    config, overrides = dc.row_overrides(name, tmp_path, "/bases/smollm2", seed)
     return flat(load_config(config, [o for o in overrides]).to_dict())
 
 
@@ -37,7 +37,6 @@ EXPECTED = {
     "no_mined": both("mine.enabled"),
     "tau_0.05": both("loss.tau"),
     "cosent_tau_0.02": {"stages.stage2.loss.cosent_tau"},
-    "recipe_seed1": both("data.seed"),
 }
 
 
@@ -49,6 +48,14 @@ def test_each_row_changes_the_recipe_in_one_respect(name, tmp_path):
     # every row trains the same base on the same shared mining cache
     assert row["stages.stage1.model.hf_dir"] == "/bases/smollm2"
     assert row["stages.stage2.mine.cache"] == str(tmp_path / "base_mining_cache")
+
+
+def test_a_seed_changes_the_batch_order_only(tmp_path):
+    for name, changed in (("recipe", both("data.seed")), ("stage2_alone", {"data.seed"})):
+        row, seeded = loaded(name, tmp_path), loaded(name, tmp_path, seed=3)
+        assert {k for k in row if row[k] != seeded[k]} == changed and {seeded[k] for k in changed} == {3}
+    assert dc.row_workdir(tmp_path, "recipe", 3) == tmp_path / "recipe@seed3"
+    assert dc.row_workdir(tmp_path, "recipe") == tmp_path / "recipe"
 
 
 def test_stage2_alone_is_stage2_from_the_base_for_both_stages_steps(tmp_path):
@@ -73,9 +80,14 @@ def test_table_reads_the_last_evaluation_of_the_last_stage(tmp_path):
                                          "eval/SICK-R/main_score": 0.25, "eval/SICK-R/n_examples": 150}])
     scores = dc.final_scores(tmp_path / "a")
     assert scores == {"STSBenchmark": 0.5, "SICK-R": 0.25}
-    text = dc.table([{"what": "the recipe", "config": "configs/smollm2.py:ablation", "scores": scores,
-                      "overrides": ["--config.stages.stage1.loss.tau=0.05", "--config.model.hf_dir=/b"]}])
-    assert "| the recipe | 50.00 | 25.00 | 37.50 | `configs/smollm2.py:ablation` stages.stage1.loss.tau=0.05 |" in text
+    text = dc.table([{"row": "recipe", "what": "the recipe", "config": "configs/smollm2.py:ablation",
+                      "scores": scores, "overrides": ["--config.stages.stage1.loss.tau=0.05", "--config.model.hf_dir=/b"]}])
+    assert ("| the recipe | 50.00 | 25.00 | 37.50 | 0 | `configs/smollm2.py:ablation` stages.stage1.loss.tau=0.05 |"
+            in text), text
+    # several seeds of a row: the mean, and the range in brackets
+    runs = [{"row": "r", "seed": seed, "what": "r", "config": "c", "overrides": [f"--config.data.seed={seed}"],
+             "scores": {"A": a, "B": b}} for seed, a, b in ((0, 0.2, 0.4), (1, 0.4, 0.4))]
+    assert "| r | 30.00 (20.0-40.0) | 40.00 (40.0-40.0) | 35.00 (30.0-40.0) | 0,1 | `c` - |" in dc.table(runs), dc.table(runs)
 
 
 def test_a_finished_row_is_not_run_again(tmp_path, monkeypatch):
