@@ -8,8 +8,8 @@ Every row is `python -m qzhou_jax.train --config configs/smollm2.py:ablation[...
 in its own process, run one after the other (a finished row, marked by its done.json, is not run again, so an
 interrupted sweep resumes). With --seeds, every row runs once per data seed (the batch order; same data, same
 mined negatives), and the table gives each score's mean and range over them: short runs are noisy, and a row's
-difference means something only beyond that range. The table is read back from each run's metrics.jsonl: the evaluation at the end of its
-last stage (configs/smollm2.py ABLATION_EVAL: dev splits where a task has one, fixed subsets). Writes OUT/table.md
+difference means something only beyond that range. The table is read back from each run's metrics.jsonl: the
+evaluation at the end of its last stage (configs/smollm2.py ABLATION_EVAL: dev splits where a task has one, fixed subsets). Writes OUT/table.md
 (the rows with the overrides that produce them) and OUT/results.json.
 """
 from __future__ import annotations
@@ -148,7 +148,8 @@ def main(argv=None) -> list[dict]:
     earlier = {(r["row"], r.get("seed", 0)): r for r in json.loads(path.read_text())} if path.exists() else {}
 
     def ordered():
-        return [earlier[k] for k in sorted(earlier, key=lambda k: (list(ROWS).index(k[0]), k[1])) if k[0] in ROWS]
+        known = [k for k in earlier if k[0] in ROWS]  # rows since removed from ROWS are kept out of the table
+        return [earlier[k] for k in sorted(known, key=lambda k: (list(ROWS).index(k[0]), k[1]))]
 
     for name in rows:
         for seed in seeds:  # each run's result is kept as soon as it is done
