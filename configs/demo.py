@@ -54,7 +54,7 @@ def get_config(arg="both"):
     c2 = stage1()  # a fresh copy (copy_and_resolve_references would drop the types of None defaults)
     c2.optim.lr = 5e-4
     c2.data.datasets = retrieval_datasets() + other_datasets()
-    c2.data.eta = 0.72  # stage 2: 72% of batches from retrieval datasets (RECIPE 5)
+    c2.data.eta = 0.72  # stage 2: 72% of batches from retrieval datasets (docs/recipe.md section 5)
     if arg == "stage2":
         return c2
     if arg != "both":

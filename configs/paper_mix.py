@@ -4,7 +4,7 @@
     python -m qzhou_jax.data.prepare --config configs/paper_mix.py:msmarco,nq --out /data/paper_mix   # a subset
 
 Then train with `configs/stage1.py:paper:/data/paper_mix` (or stage2.py:paper:...), which reads the prepared
-datasets lazily. Lengths and negatives are the stage configs' (RECIPE 6): 256 / 1536 tokens, 4 hard negatives.
+datasets lazily. Lengths and negatives are the stage configs' (docs/recipe.md section 6): 256 / 1536 tokens, 4 hard negatives.
 """
 import ml_collections
 

@@ -6,7 +6,7 @@ with zero q/k/v biases) made into an embedding model in two stages.
     python -m qzhou_jax.train --config configs/smollm2.py --workdir workdirs/smollm2          # ~60 min on 2 cores
     python -m qzhou_jax.train --config configs/smollm2.py:demo --workdir workdirs/smollm2-demo  # ~15 min
 
-Stage 1 (RECIPE section 6, retrieval only): SciFact + TrecQA train, hard negatives mined by the base model itself
+Stage 1 (docs/recipe.md section 6, retrieval only): SciFact + TrecQA train, hard negatives mined by the base model itself
 before training (`mine`: ranks 10-30), InfoNCE with in-batch and query-query negatives. Stage 2 (all task types)
 from stage 1's final weights: retrieval re-mined by the stage-1 model with the false-negative rule on, STS-B /
 SICK-R with CoSENT, Banking77 / TREC / SST-2 classification with label masks, eta for the retrieval share.
@@ -78,7 +78,7 @@ def _retrieval(size: dict):
 
 def _mine(c, rule: str):
     """Hard negatives mined by the model that starts the stage (the base for stage 1, stage 1's for stage 2),
-    from ranks 10-30 (RECIPE section 4). The false-negative rule (drop candidates scoring within 0.05 of the
+    from ranks 10-30 (docs/recipe.md section 4). The false-negative rule (drop candidates scoring within 0.05 of the
     positive) needs a model that already ranks positives high: the base ranks most SciFact positives below 30, so
     with the rule on it kept negatives for 31 of 919 rows (docs/pretrained_base.md). Stage 1 therefore mines with
     the window alone and stage 2, mining with stage 1's retriever, turns the rule on."""

@@ -1,4 +1,4 @@
-"""Stage 1 of RECIPE section 6: retrieval-only contrastive training of Qwen2.5-7B-Instruct.
+"""Stage 1 of docs/recipe.md section 6: retrieval-only contrastive training of Qwen2.5-7B-Instruct.
 
     python -m qzhou_jax.train --config configs/stage1.py --workdir /mnt/runs/stage1 \
         --config.model.hf_dir=/mnt/models/Qwen2.5-7B-Instruct

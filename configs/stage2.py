@@ -1,4 +1,4 @@
-"""Stage 2 of RECIPE section 6: all tasks (retrieval 72% of batches, NLI/STS with CoSENT, classification),
+"""Stage 2 of docs/recipe.md section 6: all tasks (retrieval 72% of batches, NLI/STS with CoSENT, classification),
 initialised from stage 1's final weights.
 
     python -m qzhou_jax.train --config configs/stage2.py --workdir /mnt/runs/stage2 \
@@ -44,7 +44,7 @@ def get_config(arg: str = ""):
                        + presets.pair_score(max_len=256)
                        + presets.classification(max_len=256, num_negatives=4))
     c.data.alpha = 0.5
-    c.data.eta = 0.72  # RECIPE 5: retrieval share 0.72 of batches
+    c.data.eta = 0.72  # docs/recipe.md section 5: retrieval share 0.72 of batches
     c.data.batch_size = dict(retrieval=256, pair_score=768, classification=256)
     c.data.buckets = (64, 128, 256, 512, 1024, 1536)
     return c

@@ -1,5 +1,5 @@
 """Synthesis -> training: a small dataset is paraphrased, the rewrites get generated hard negatives, everything is
-decontaminated, and the result trains as its own weighted dataset next to the real one (RECIPE.md section 4).
+decontaminated, and the result trains as its own weighted dataset next to the real one (docs/recipe.md section 4).
 
     D=workdirs/synth; API="--base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --concurrency 64"
     python -m qzhou_jax.synthesize seed --config configs/synthetic_example.py --dataset trecqa --output $D/seed.jsonl

@@ -22,7 +22,7 @@ MODEL = dict(
     tokenizer="",         # tokenizer dir; empty: hf_dir's, else the built-in Qwen2.5 tokenizer
     attention="bidirectional",
     pooling="mean",
-    dtype="bfloat16",     # compute dtype (RECIPE 6: bf16)
+    dtype="bfloat16",     # compute dtype (docs/recipe.md section 6: bf16)
     param_dtype="float32",  # master weights
     remat_policy="full",  # none | full | dots | dots_no_batch
     scan_layers=True,
@@ -53,7 +53,7 @@ TRAIN = dict(
 DATA = dict(
     datasets=[],
     alpha=0.5,            # p_i proportional to n_i^alpha
-    eta=(None, float),    # stage 2: retrieval share of batches (RECIPE 5: 0.72); None: plain n^alpha
+    eta=(None, float),    # stage 2: retrieval share of batches (docs/recipe.md section 5: 0.72); None: plain n^alpha
     batch_size=dict(retrieval=256, pair_score=768, classification=256),  # GLOBAL, per task type
     buckets=(32, 64, 128, 256, 512, 1024, 1536),
     seed=0,
@@ -75,7 +75,7 @@ TOP = dict(
 )
 # Multi-stage configs: re-mine this stage's retrieval datasets with the previous stage's final model before
 # training (qzhou_jax/mining/stages.py). datasets=() mines every retrieval dataset; negatives=0 keeps each
-# dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (RECIPE 4);
+# dataset's num_negatives; window (10, 30) skips the top 10 and samples up to rank 30 (docs/recipe.md section 4);
 # rule "none" | "relative_margin" | "max_score_ratio" with rule_value (e.g. 0.05 / 0.95); min_positive_rank 0
 # and min_positive_score -1 keep every query; max_length 0: each dataset's max_len_passage; cache "": the stage's
 # mined/cache (embeddings are keyed by model fingerprint and texts, so runs mining with the same model can share one);

@@ -1,6 +1,6 @@
 """Every instruction text in one place: evaluation (by MTEB task name) and training (by dataset name).
 
-QZhou-Embedding prompts each task with a one-line instruction (RECIPE section 1: `Instruct: {instruction}\\nQuery:`).
+QZhou-Embedding prompts each task with a one-line instruction (docs/recipe.md section 1: `Instruct: {instruction}\\nQuery:`).
 The mteb adapter, the local evaluation tasks and the training presets all read their instructions from here.
 Pure data: importing this module pulls in nothing.
 """

@@ -1,4 +1,4 @@
-"""Contrastive losses of the QZhou-Embedding recipe (RECIPE.md section 3), as pure JAX functions.
+"""Contrastive losses of the QZhou-Embedding recipe (docs/recipe.md section 3), as pure JAX functions.
 
 All three task types share one batch layout (the GLOBAL batch, embeddings already L2-normalised):
   a          [B, E]     anchors: the query / text_a / the text to classify

@@ -3,7 +3,7 @@ updates, optional gradient accumulation. Optax throughout; this file wires the r
 small transformations that keep the update one fused pass over the parameters (`clip_by_global_norm`,
 `skip_nonfinite`; why is at each).
 
-RECIPE section 6: Adam, lr 3e-5 (stage 1) / 2e-5 (stage 2), 300 warm-up steps, weight decay 0.01 (unconfirmed).
+docs/recipe.md section 6: Adam, lr 3e-5 (stage 1) / 2e-5 (stage 2), 300 warm-up steps, weight decay 0.01 (unconfirmed).
 
 With `grad_accum_steps = k` the schedule counts optimizer UPDATES (train.steps / k of them; warm-up in updates),
 since MultiSteps advances the inner optimizer once per k micro-batches. Accumulation averages k micro-batches'

@@ -1,4 +1,4 @@
-"""LLM-API data synthesis (RECIPE.md section 4): paraphrase, augment, hard negatives; merge, decontaminate, seed.
+"""LLM-API data synthesis (docs/recipe.md section 4): paraphrase, augment, hard negatives; merge, decontaminate, seed.
 
     python -m qzhou_jax.synthesize paraphrase --input IN.jsonl --output OUT.jsonl --n 3 \
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct [--concurrency 64] [--shard 0/4]

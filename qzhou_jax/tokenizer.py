@@ -5,7 +5,7 @@ model) or builds the Qwen2.5 tokenizer from the byte-level BPE ranks that the `q
 (`qwen.tiktoken`): byte-level BPE over Qwen2's pre-tokeniser regex, NFC normalisation, and the 22 Qwen2.5 control
 tokens at ids 151643..151664 (order and `special` flags as in Qwen2.5's tokenizer_config.json). Nothing is downloaded.
 
-The embedding model adds no BOS/EOS (RECIPE section 1), pads with `<|endoftext|>` and, like the published model, pads
+The embedding model adds no BOS/EOS (docs/recipe.md section 1), pads with `<|endoftext|>` and, like the published model, pads
 on the left by default; with a correct attention mask the padding side does not change embeddings.
 """
 from __future__ import annotations
@@ -171,7 +171,7 @@ def load_tokenizer(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompts (RECIPE section 1): queries carry an instruction, documents are plain text.
+# Prompts (docs/recipe.md section 1): queries carry an instruction, documents are plain text.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Losses vs. independent float64 loop references written straight from RECIPE.md section 3."""
+"""Losses vs. independent float64 loop references written straight from docs/recipe.md section 3."""
 import math
 
 import jax

@@ -1,4 +1,4 @@
-"""The three sample shapes of the unified multi-task framework (RECIPE.md section 2) and checked field access.
+"""The three sample shapes of the unified multi-task framework (docs/recipe.md section 2) and checked field access.
 
 | task type        | sample                                   | loss     |
 |------------------|------------------------------------------|----------|

@@ -1,4 +1,4 @@
-"""Grouped sampling (RECIPE.md section 5): every global step draws ONE dataset, then that dataset's next batch.
+"""Grouped sampling (docs/recipe.md section 5): every global step draws ONE dataset, then that dataset's next batch.
 
 Per dataset, a Grain `MapDataset` over sample positions:
     range(n) -> shuffle(seed_i) (reshuffled every epoch) -> repeat() -> random_map(example_fn, seed_i)

@@ -1,4 +1,4 @@
-"""Transformations from raw task data into the three sample shapes (RECIPE.md section 2).
+"""Transformations from raw task data into the three sample shapes (docs/recipe.md section 2).
 
 Retrieval: `title_body` (also title-abstract), `question_answer`, `reading_comprehension`, `claim_evidence`.
 Pair score (CoSENT): `sts` (0-5 float scores, or binary labels true/false, yes/no, 1/0 -> 1.0/0.0),

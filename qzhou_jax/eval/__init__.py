@@ -16,7 +16,7 @@ class TextEncoder(Protocol):
     """What evaluation needs from a model: texts in, one embedding row per text out.
 
     `instruction` is the bare task description (e.g. "Retrieve semantically similar text"); the encoder
-    owns the prompt template ("Instruct: {instruction}\\nQuery: {text}", RECIPE section 1) and applies it
+    owns the prompt template ("Instruct: {instruction}\\nQuery: {text}", docs/recipe.md section 1) and applies it
     to every text when `instruction` is not None. Returns float32 [len(texts), D], L2-normalised.
     """
 

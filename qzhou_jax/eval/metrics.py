@@ -2,7 +2,7 @@
 
 Convention: every metric is returned as a raw float, in [0, 1] (ranking, classification, clustering) or
 [-1, 1] (correlations). MTEB's leaderboard and the paper print the same numbers x100 (STSBenchmark
-spearman 0.9165 -> "91.65"). Similarity is always cosine (RECIPE section 1).
+spearman 0.9165 -> "91.65"). Similarity is always cosine (docs/recipe.md section 1).
 
 Where MTEB's behaviour is ambiguous or silently drops data, we keep its numbers but make the choice
 explicit; each function's docstring says how:

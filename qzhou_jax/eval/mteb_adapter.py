@@ -10,7 +10,7 @@ typed against both call styles mteb has used.
 prompt_type is mteb's PromptType enum (or its value): "query", "document" (v2) / "passage" (v1), or None
 for symmetric tasks, which mteb encodes without a side.
 
-Instruction rules (QZhou's run_mteb_all_v2.py / run_cmteb_all.py, RECIPE section 1): the instruction is
+Instruction rules (QZhou's run_mteb_all_v2.py / run_cmteb_all.py, docs/recipe.md section 1): the instruction is
 looked up by task name. Queries always get it. Documents get it only for symmetric tasks: task types STS,
 PairClassification, Classification, Clustering, Reranking, Summarization, plus tasks QZhou listed by name
 (e.g. ArguAna and the CQADupstack retrieval tasks), so for Retrieval only the query side is prompted.

@@ -18,7 +18,7 @@
 | Banking77Clustering     | Clustering         | test (train)              | v_measure       | all texts     |
 | TrecQAReranking         | Reranking          | test (dev)                | map             | questions only|
 
-Prompt sides follow RECIPE section 1 / QZhou's eval scripts: symmetric tasks (STS, pair classification,
+Prompt sides follow docs/recipe.md section 1 / QZhou's eval scripts: symmetric tasks (STS, pair classification,
 classification, clustering) prompt every text with the task instruction; retrieval prompts only the queries.
 TrecQA answer selection is asymmetric (question -> answer sentence, trained as retrieval), so only its questions
 are prompted. Instructions come from `qzhou_jax.instructions`: DEFAULT_INSTRUCTIONS (QZhou's own where published),

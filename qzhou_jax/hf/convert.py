@@ -23,7 +23,7 @@ model has none of them). Mistral's sliding window is dropped (an embedding model
 a warning when it is shorter than the context.
 
 The tokenizer is saved with the source's vocabulary and special tokens and two fixes:
-  * it adds no BOS/EOS: the recipe embeds the text as given (RECIPE section 1), and qzhou_jax.encode,
+  * it adds no BOS/EOS: the recipe embeds the text as given (docs/recipe.md section 1), and qzhou_jax.encode,
     transformers and sentence-transformers must all tokenise alike (hf/export.check_tokenizer insists on it);
   * pad is a token of its own where the source pads with its EOS (GGUF files often do): `<|endoftext|>` when the
     vocabulary has it, else the unknown token; `--pad-token` / `--eos-token` override.

@@ -53,7 +53,7 @@ EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes
 # for. Symmetric tasks (STS, classification, clustering) need their own instruction on both sides: pass
 # `prompt=` explicitly. `export --query-instruction ""` makes encode_query add nothing.
 DEFAULT_QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-DEFAULT_MAX_SEQ_LENGTH = 8192  # RECIPE section 1: contexts up to 8k tokens at inference
+DEFAULT_MAX_SEQ_LENGTH = 8192  # docs/recipe.md section 1: contexts up to 8k tokens at inference
 
 
 # --------------------------------------------------------------------------------------------------- tensors
@@ -228,7 +228,7 @@ def sentence_transformers_files(config: ModelConfig, *, max_seq_length: int, pro
         "pooling_mode_mean_sqrt_len_tokens": False,
         "pooling_mode_weightedmean_tokens": False,
         "pooling_mode_lasttoken": config.pooling == "last",
-        "include_prompt": True,  # QZhou pools over the instruction tokens too (RECIPE section 1)
+        "include_prompt": True,  # QZhou pools over the instruction tokens too (docs/recipe.md section 1)
     }
     st_config = {
         "prompts": {"query": query_prompt(prompt, query_instruction), "document": ""},

@@ -8,7 +8,7 @@ gives the embedding model rather than a causal LM trunk. Without `trust_remote_c
 to its stock Qwen2Model: transformers 5.x then still attends bidirectionally (it honours config.json's
 `is_causal: false`), older releases attend causally and the embeddings are wrong.
 
-Only the attention mask differs from Qwen2 (RECIPE section 1): every token attends to every non-pad token of its
+Only the attention mask differs from Qwen2 (docs/recipe.md section 1): every token attends to every non-pad token of its
 text. Positions count from each row's first real token (0, 1, ...), as in the JAX encoder, so left and right padding
 give the same hidden states. Pooling (mean over non-pad tokens, then L2 norm) is left to the caller or to
 sentence-transformers' Pooling/Normalize modules. When config.json says the model is causal (`qzhou_attention`

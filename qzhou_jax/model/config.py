@@ -1,7 +1,7 @@
 """Model configuration: the Qwen2 architecture numbers plus the embedding-model switches.
 
 `ModelConfig.from_hf` reads a transformers Qwen2 `config.json` (dict or directory); `to_hf` writes one back, marked
-bidirectional so exported models say what they are. Presets cover the Qwen2.5 sizes of RECIPE section 1 and tiny
+bidirectional so exported models say what they are. Presets cover the Qwen2.5 sizes of docs/recipe.md section 1 and tiny
 sizes for tests and the demo.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False  # kept for export; the encoder itself has no LM head
     initializer_range: float = 0.02
-    # Embedding-model switches (RECIPE section 1): bidirectional attention, mean pooling, L2 norm.
+    # Embedding-model switches (docs/recipe.md section 1): bidirectional attention, mean pooling, L2 norm.
     attention: str = "bidirectional"
     pooling: str = "mean"
     # Numerics and memory: params may stay fp32 (master weights) while matmuls run in bf16.
@@ -139,7 +139,7 @@ class ModelConfig:
         }
 
 
-# Qwen2.5 family (RECIPE section 1). Vocab rows are padded: 151936 on the small sizes, 152064 on 7B.
+# Qwen2.5 family (docs/recipe.md section 1). Vocab rows are padded: 151936 on the small sizes, 152064 on 7B.
 PRESETS: dict[str, ModelConfig] = {
         "qwen2.5-0.5b": ModelConfig(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True),
         "qwen2.5-1.5b": ModelConfig(151936, 1536, 8960, 28, 12, 2, tie_word_embeddings=True),

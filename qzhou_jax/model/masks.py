@@ -2,7 +2,7 @@
 
 Everything is expressed through segment ids: 0 marks padding, tokens with the same positive id belong to one text.
 An unpacked batch is the special case `segment_ids = attention_mask`. A token attends to the tokens of its own
-segment: all of them (`bidirectional`, the embedding default of RECIPE section 1) or those at or before it (`causal`,
+segment: all of them (`bidirectional`, the embedding default of docs/recipe.md section 1) or those at or before it (`causal`,
 the stock LLM); attention.py turns segment ids into whatever mask form each kernel takes. Positions restart at 0 at
 each segment's first token, so left and right padding give the same rotary positions and packed texts look exactly
 as they would alone.

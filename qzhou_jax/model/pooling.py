@@ -1,7 +1,7 @@
 """From final hidden states to embeddings: mean or last-token pooling, L2 norm, Matryoshka truncation.
 
 QZhou-Embedding averages the final hidden states over every non-pad token (instruction tokens included) and
-L2-normalises (RECIPE section 1). Pooling runs in float32 whatever the compute dtype.
+L2-normalises (docs/recipe.md section 1). Pooling runs in float32 whatever the compute dtype.
 """
 from __future__ import annotations
 

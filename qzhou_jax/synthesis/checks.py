@@ -1,4 +1,4 @@
-"""The paper's synthesis constraints (RECIPE.md section 4) as pure functions: each returns None or a rejection reason.
+"""The paper's synthesis constraints (docs/recipe.md section 4) as pure functions: each returns None or a rejection reason.
 
 One tokenisation serves every measure: a token is a CJK character or a run of letters/digits (punctuation and
 whitespace are not tokens), so English is measured in words and Chinese in characters.

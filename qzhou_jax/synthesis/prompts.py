@@ -1,6 +1,6 @@
 """Prompts (English and Chinese, chosen by the input's language) and the JSON schema each generator asks for.
 
-The prompts state the paper's constraints (RECIPE.md section 4) so the model aims for them; checks.py enforces
+The prompts state the paper's constraints (docs/recipe.md section 4) so the model aims for them; checks.py enforces
 them. Every prompt is a pure function of its inputs, so a request is a pure function of (item, attempt).
 """
 from __future__ import annotations

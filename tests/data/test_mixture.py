@@ -12,7 +12,7 @@ STEPS = 20_000
 
 
 def reference_probabilities(sizes, tasks, alpha, eta=None):
-    """Written out term by term from RECIPE.md section 5."""
+    """Written out term by term from docs/recipe.md section 5."""
     mass = [n ** alpha for n in sizes]
     if eta is None:
         return [m / sum(mass) for m in mass]
