@@ -97,8 +97,9 @@ def get_field(row: Mapping[str, Any], field: str, where: str) -> Any:
     return row[field]
 
 
-def as_text(value: Any, field: str, where: str) -> str:
-    """A non-empty string (bytes from TFDS/Arrow decoded as UTF-8), surrounding whitespace stripped."""
+def as_text(value: Any, field: str, where: str, *, strip: bool = True) -> str:
+    """A non-empty string (bytes from TFDS/Arrow decoded as UTF-8), surrounding whitespace stripped unless
+    `strip=False` (mining writes texts back: a negative must equal its corpus entry as given)."""
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
@@ -107,17 +108,16 @@ def as_text(value: Any, field: str, where: str) -> str:
     if hasattr(value, "item") and not isinstance(value, str):  # numpy scalar string from TFDS
         value = value.item()
         if isinstance(value, bytes):
-            return as_text(value, field, where)
+            return as_text(value, field, where, strip=strip)
     if not isinstance(value, str):
         raise DataError(where, f"field {field!r} must be a string, got {type(value).__name__}")
-    value = value.strip()
-    if not value:
+    if not value.strip():
         raise DataError(where, f"field {field!r} is empty")
-    return value
+    return value.strip() if strip else value
 
 
-def get_text(row: Mapping[str, Any], field: str, where: str) -> str:
-    return as_text(get_field(row, field, where), field, where)
+def get_text(row: Mapping[str, Any], field: str, where: str, *, strip: bool = True) -> str:
+    return as_text(get_field(row, field, where), field, where, strip=strip)
 
 
 def get_optional_text(row: Mapping[str, Any], field: str | None, where: str, default: str = "") -> str:
@@ -129,7 +129,8 @@ def get_optional_text(row: Mapping[str, Any], field: str | None, where: str, def
     return as_text(value, field, where)
 
 
-def get_text_list(row: Mapping[str, Any], field: str, where: str, *, required: bool) -> tuple[str, ...]:
+def get_text_list(row: Mapping[str, Any], field: str, where: str, *, required: bool,
+                  strip: bool = True) -> tuple[str, ...]:
     """A list of non-empty strings; a bare string counts as a list of one. Missing -> () unless required."""
     if not required and (field not in row or row[field] is None):
         return ()
@@ -139,7 +140,7 @@ def get_text_list(row: Mapping[str, Any], field: str, where: str, *, required: b
     if not isinstance(value, Sequence) and not hasattr(value, "tolist"):
         raise DataError(where, f"field {field!r} must be a list of strings, got {type(value).__name__}")
     items = list(value.tolist() if hasattr(value, "tolist") else value)
-    texts = tuple(as_text(v, f"{field}[{i}]", where) for i, v in enumerate(items))
+    texts = tuple(as_text(v, f"{field}[{i}]", where, strip=strip) for i, v in enumerate(items))
     if required and not texts:
         raise DataError(where, f"field {field!r} is empty")
     return texts

@@ -4,7 +4,9 @@ The corpus is every `pos` and `neg` text of the input rows plus, optionally, a c
 a BEIR corpus.jsonl whose title and text are joined as sources.beir_text does). Texts are de-duplicated by their
 normalised form (`normalize`: NFKC, case-folded, whitespace collapsed), keeping the first occurrence, so a
 passage that equals a positive after normalisation IS that positive's corpus entry and can never be mined as
-a negative of its query. Every bad input names file, line and field.
+a negative of its query. Passages are kept exactly as given (surrounding whitespace included), so a mined
+negative equals its corpus entry and can be joined back to it by text. Every bad input names file, line and
+field.
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ def read_rows(path: str) -> list[MineRow]:
     for row in read_jsonl(path):  # the data pipeline's reader: malformed JSON / non-UTF-8 name path:line
         record, where = dict(row.fields), row.where
         rows.append(MineRow(where, record, get_text(record, "query", where),
-                            get_text_list(record, "pos", where, required=True),
-                            get_text_list(record, "neg", where, required=False),
+                            get_text_list(record, "pos", where, required=True, strip=False),
+                            get_text_list(record, "neg", where, required=False, strip=False),
                             get_optional_text(record, "prompt", where)))
     if not rows:
         raise ValueError(f"{path}: no rows (expected FlagEmbedding JSONL: query, pos, neg)")
@@ -56,7 +58,7 @@ def read_corpus_file(path: str) -> list[str]:
     texts = []
     for row in read_jsonl(path):
         record, where = row.fields, row.where
-        texts.append(beir_text(record, where) if "title" in record else get_text(record, "text", where))
+        texts.append(beir_text(record, where) if "title" in record else get_text(record, "text", where, strip=False))
     if not texts:
         raise ValueError(f"{path}: the corpus file has no passages")
     return texts
@@ -64,7 +66,7 @@ def read_corpus_file(path: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    texts: tuple[str, ...]      # unique by normalised text, first occurrence kept
+    texts: tuple[str, ...]      # unique by normalised text, first occurrence kept, as given
     index: dict[str, int]       # normalised text -> position in texts
 
     def __len__(self) -> int:
@@ -72,6 +74,10 @@ class Corpus:
 
     def lookup(self, text: str) -> int:
         return self.index[normalize(text)]
+
+    def model_texts(self) -> list[str]:
+        """What the model encodes: the texts stripped, as the training pipeline reads them."""
+        return [text.strip() for text in self.texts]
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

@@ -64,7 +64,7 @@ def mine(cfg: MineConfig, encoder=None) -> dict:
     cache_dir = cfg.cache or cfg.output + ".cache"
 
     t_encode = time.time()
-    passages = mcache.encode_cached(encoder, corpus.texts, cache_dir=cache_dir, label="passages",
+    passages = mcache.encode_cached(encoder, corpus.model_texts(), cache_dir=cache_dir, label="passages",
                                     model_fingerprint=fingerprint, chunk_size=cfg.encode_chunk,
                                     progress=cfg.progress)
     query_texts = [prompt.format_query(r.query, r.prompt or cfg.instruction) for r in rows]

@@ -20,6 +20,16 @@ def test_normalised_duplicates_merge_first_occurrence_kept(tmp_path):
     assert normalize("\uff21  b\n") == "a b"
 
 
+def test_texts_are_kept_as_given(tmp_path):
+    """A mined negative must equal its corpus entry, surrounding whitespace included (issue 23, point 7);
+    the model still reads the texts stripped, as training does."""
+    rows = read_rows(_write(tmp_path / "in.jsonl", [json.dumps(dict(query="q", pos=[" p \n"], neg=["\tn"]))]))
+    extra = read_corpus_file(_write(tmp_path / "corpus.jsonl", [json.dumps({"text": "  c  "})]))
+    corpus = build_corpus(rows, extra)
+    assert corpus.texts == (" p \n", "\tn", "  c  ")
+    assert corpus.model_texts() == ["p", "n", "c"]
+
+
 def test_beir_corpus_joins_title_and_text(tmp_path):
     path = _write(tmp_path / "corpus.jsonl", [json.dumps({"_id": "1", "title": "T", "text": "body"}),
                                               json.dumps({"_id": "2", "title": "", "text": "only"}),
