@@ -242,18 +242,39 @@ def model_config_from_dict(raw: dict) -> ModelConfig:
     return ModelConfig(**{**raw, "frozen_layers": 0})
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Orbax logs 'Given directory is read only' at warning level for every read-only manager: here read-only is
+    the point (export, evaluation, a stage hand-off read another run's checkpoints), nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+def read_only_manager(workdir: str) -> ocp.CheckpointManager:
+    """A manager that reads a workdir's checkpoints and never writes. Every item has its handler (an item without
+    one makes Orbax warn that it 'could not be restored' whenever metadata is read); the state is read through
+    PyTree*: Standard* is PyTree* underneath (same files), but only PyTreeRestore can read the params subtree
+    without the optimizer state (3x the memory)."""
+    absl_log = logging.getLogger("absl")
+    quiet = _ReadOnlyNotice()
+    absl_log.addFilter(quiet)
+    try:
+        return ocp.CheckpointManager(
+            checkpoint_dir(workdir), item_names=ITEMS,
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data_iter": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+    finally:
+        absl_log.removeFilter(quiet)
+
+
 def restore_params(workdir: str, step: int | None = None, shardings=None) -> tuple[Any, ModelConfig, dict]:
     """Params only (no optimizer state) from a training workdir: stage hand-off, export, evaluation.
 
     Returns (params, model_config, meta). `shardings`: a params-shaped pytree of shardings, or None to restore
     onto this process's first local device.
     """
-    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
-                                    # Standard* is PyTree* underneath (same files), but only PyTreeRestore can
-                                    # read the params subtree without the optimizer state (3x the memory).
-                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                   "meta": ocp.JsonCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    manager = read_only_manager(workdir)
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         raise FileNotFoundError(f"{workdir}: no checkpoint under {checkpoint_dir(workdir)}")

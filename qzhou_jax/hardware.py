@@ -61,16 +61,16 @@ _warned: set[str] = set()
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:
-    """Dense bf16 peak per device for MFU: `override` when set, else the table; an unknown kind logs once that
-    MFU is off and how to set it."""
+    """Dense bf16 peak per device for MFU: `override` when set, else the table. An unknown accelerator warns once
+    that MFU is off and how to set it; a CPU (no meaningful peak, nothing to act on) says so once at info level."""
     if override:
         return float(override)
     chip = lookup(device_kind)
     if chip is None and device_kind not in _warned:
         _warned.add(device_kind)
-        log.warning("unknown device kind %r: MFU is not reported; set --config.train.peak_flops_per_device="
-                    "<dense bf16 FLOP/s of one device> (or add the kind to qzhou_jax/hardware.py CHIPS)",
-                    device_kind)
+        say = log.info if device_kind == "cpu" else log.warning
+        say("unknown device kind %r: MFU is not reported; set --config.train.peak_flops_per_device="
+            "<dense bf16 FLOP/s of one device> (or add the kind to qzhou_jax/hardware.py CHIPS)", device_kind)
     return chip.peak_flops if chip else None
 
 

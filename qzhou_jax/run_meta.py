@@ -93,12 +93,8 @@ def resolve_workdir(path: str) -> str:
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """Steps of the committed checkpoints, as Orbax lists them (readable or not)."""
-    import orbax.checkpoint as ocp
-
     from qzhou_jax import checkpoint
 
-    directory = checkpoint.checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
+    if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
         return []
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    return sorted(manager.all_steps())
+    return sorted(checkpoint.read_only_manager(workdir).all_steps())
