@@ -7,9 +7,7 @@ Same code path as the real recipe (Grain mixture, sharded jit steps on the local
 checkpoints, HF export); only sizes shrink. With the argument "both" (default) it runs stage 1 then stage 2, stage 2
 initialised from stage 1's final params, like configs/stage1.py -> configs/stage2.py.
 """
-import ml_collections
-
-from qzhou_jax.config_base import base
+from qzhou_jax.config_base import base, stages
 from qzhou_jax.data import presets
 
 
@@ -60,4 +58,4 @@ def get_config(arg="both"):
     if arg != "both":
         raise ValueError(f"configs/demo.py takes 'both', 'stage1' or 'stage2', got {arg!r}")
     # Both stages in one run: workdir/stage1, then workdir/stage2 initialised from stage 1's final params.
-    return ml_collections.ConfigDict(dict(stages=dict(stage1=c, stage2=c2)))
+    return stages(stage1=c, stage2=c2)

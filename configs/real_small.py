@@ -8,9 +8,7 @@ data (retrieval, STS/NLI, classification), both stages, in about 50 minutes on a
 From scratch (random init, real Qwen2.5 tokenizer) the model can only learn what these few thousand examples
 teach: the point is the before/after gap on held-out test splits, not absolute scores.
 """
-import ml_collections
-
-from qzhou_jax.config_base import base
+from qzhou_jax.config_base import base, stages
 from qzhou_jax.data import presets
 
 
@@ -64,4 +62,4 @@ def get_config(arg="both"):
     c2.data.eta = 0.3
     if arg == "stage2":
         return c2
-    return ml_collections.ConfigDict(dict(stages=dict(stage1=c, stage2=c2)))
+    return stages(stage1=c, stage2=c2)

@@ -24,9 +24,7 @@ are kept.
 --config.model.hf_dir=DIR. Argument: [SIZE][:STAGE], SIZE full (default) | ablation | demo, STAGE "" (both) |
 stage1 | stage2 | stage2-alone.
 """
-import ml_collections
-
-from qzhou_jax.config_base import REQUIRED, base
+from qzhou_jax.config_base import REQUIRED, base, stages
 from qzhou_jax.data import presets
 
 BASE_DIR = "bases/smollm2-135m-instruct"
@@ -148,4 +146,4 @@ def get_config(arg: str = ""):
         second.init_from = "base"
         second.train.steps = second.checkpoint.every = second.eval.every = size["steps1"] + size["steps2"]
         return second
-    return ml_collections.ConfigDict(dict(stages=dict(stage1=first, stage2=second)))
+    return stages(stage1=first, stage2=second)

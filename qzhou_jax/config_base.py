@@ -1,5 +1,7 @@
 """Defaults shared by every training config: the ONE table of documented keys (configs/*.py start from `base()`
 and change what differs; they never replace a whole block, so every key stays overridable on every config).
+These are starting values, not the recipe: configs/stage1.py and configs/stage2.py set every number of the paper
+themselves, each citing its section of docs/recipe.md. `stages(...)` chains configs into one run.
 
 Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export, mine. Every key can be overridden
 on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
@@ -104,6 +106,25 @@ def _block(table: dict) -> ml_collections.ConfigDict:
         else:
             block[key] = value
     return block
+
+
+def stages(**named: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The one way to chain stages: `stages(stage1=c1, stage2=c2)` runs them in order, each in `workdir/<name>`, every
+    stage after the first initialised from the previous one's final params (train.run)."""
+    return ml_collections.ConfigDict(dict(stages=dict(named)))
+
+
+def sibling(config_file: str, name: str):
+    """A module beside a config file (configs/qwen25_7b.py next to configs/stage1.py), loaded by path: config files
+    are loaded by path, not imported as a package."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+    spec = importlib.util.spec_from_file_location(f"qzhou_jax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def base() -> ml_collections.ConfigDict:
