@@ -247,7 +247,7 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
                                  scan_layers=scan_layers)
     config = config.replace(frozen_layers=frozen_layers_for(trainable, config.num_layers))
     mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
-    rules = sharding.ShardingRules.create(mesh, config)
+    rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(config))
     # As train.build_state_and_steps: frozen weights' updates (weight decay included) masked to zero.
     update_mask = (lambda params: qmodel.trainable_mask(params, config)) if config.frozen_layers else None
     tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1,

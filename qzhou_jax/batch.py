@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qzhou_jax.sharding import whole
+from qzhou_jax.constraints import replicated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _batch_methods():
     def count_tokens(self) -> tuple[Any, Any]:
         """Real (non-pad) tokens of the anchors and of the valid candidates."""
         if self.packed_ids is not None:
-            lengths = whole(self.packed_segment_lengths.reshape(-1))
+            lengths = replicated(self.packed_segment_lengths.reshape(-1))
             tokens = lambda index: jnp.where(index >= 0, jnp.take(lengths, jnp.maximum(index, 0)), 0)  # noqa: E731
             return tokens(self.packed_anchor_index).sum(), (tokens(self.packed_cand_index) * self.cand_valid).sum()
         cand = self.cand_mask.sum(-1) * self.cand_valid

@@ -159,10 +159,10 @@ def _check_paths(cfg, prefix: str, first: bool) -> None:
 
 def _check_sources(cfg, prefix: str) -> None:
     from qzhou_jax.data.shared_data import SHARED_DATASETS, data_dir
-    from qzhou_jax.data.spec import _plain
+    from qzhou_jax.data.spec import plain
 
-    defaults = _plain(cfg.data.get("defaults") or {})
-    for i, raw in enumerate(_plain(cfg.data.get("datasets") or [])):
+    defaults = plain(cfg.data.get("defaults") or {})
+    for i, raw in enumerate(plain(cfg.data.get("datasets") or [])):
         source = str(raw.get("source", "")) if isinstance(raw, Mapping) else ""
         kind, _, location = source.partition(":")
         field = f"{prefix}data.datasets[{i}].source"

@@ -85,7 +85,7 @@ class Encoder:
         config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype, **overrides)
         params = load_params(model_dir, config)
         tokenizer = load_tokenizer(model_dir)
-        prompt = _prompt_from_dir(model_dir)
+        prompt = prompt_from_dir(model_dir)
         kwargs.setdefault("name", os.path.basename(os.path.normpath(model_dir)))
         return cls(params, config, tokenizer, prompt=prompt, **kwargs)
 
@@ -136,7 +136,7 @@ def check_model_dir(model_dir: str, flag: str = "model directory") -> None:
                          f"qzhou-jax export")
 
 
-def _prompt_from_dir(model_dir: str) -> PromptConfig:
+def prompt_from_dir(model_dir: str) -> PromptConfig:
     """An exported model records its query template in sentence-transformers' prompt config."""
     path = os.path.join(model_dir, "qzhou_prompt.json")
     if os.path.exists(path):

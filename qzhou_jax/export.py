@@ -47,13 +47,13 @@ def from_workdir(workdir: str, step: int | None):
 
 def from_hf(model_dir: str, dtype: str):
     """(params, config, prompt, tokenizer dir) from an HF Qwen2 directory (a qzhou-jax export or a base model)."""
-    from qzhou_jax.encode import _prompt_from_dir
+    from qzhou_jax.encode import prompt_from_dir
     from qzhou_jax.hf.load import load_params
 
     # Loading straight into the export dtype: exact for bf16 sources, and the same rounding export would do else.
     config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
     source = {"hf_dir": os.path.abspath(model_dir)}
-    return load_params(model_dir, config), config, _prompt_from_dir(model_dir), model_dir, source
+    return load_params(model_dir, config), config, prompt_from_dir(model_dir), model_dir, source
 
 
 def main(argv=None) -> None:

@@ -6,8 +6,9 @@ weight and main activation with logical axes (model/qwen2.py), the batch names i
 `ShardingRules` maps those names onto mesh axes. Weights and activations read separate tables: a weight's `embed`
 axis is sharded over `fsdp`, an activation's is not (its batch axis is).
 
-`ShardingRules.create(mesh, model_config)` takes the size of every logical axis from the model's own declared
-parameter shapes and decides ONCE, per axis name, whether its rule divides it; a rule that does not (e.g.
+`ShardingRules.create(mesh, axis_sizes)` takes the size of every logical axis from the caller (`for_params`: from
+a params tree's declared shapes, e.g. `model.abstract_params(config)`; this module never imports the model) and
+decides ONCE, per axis name, whether its rule divides it; a rule that does not (e.g.
 Qwen2.5-7B's 4 KV heads on a tensor axis of 8) is dropped for every weight, optimizer moment and activation
 carrying that name, and logged once. Parameters and optimizer state get their specs from Flax's partition specs
 of an `eval_shape`d boxed train state (optax keeps the boxes on its moments), so no path matching is involved.
@@ -126,14 +127,9 @@ class ShardingRules:
     dropped: tuple[str, ...] = ()  # "name (size n) over axes (m)" for every rule that could not divide
 
     @classmethod
-    def create(cls, mesh: Mesh, model_config=None, *, axis_sizes: Mapping[str, int] | None = None,
-               param_rules=PARAM_RULES, activation_rules=ACTIVATION_RULES) -> "ShardingRules":
-        """Rules for `mesh` and a model: axis sizes from `model_config`'s declared parameter shapes (or given)."""
-        if axis_sizes is None:
-            if model_config is None:
-                raise ValueError("ShardingRules.create needs a model_config or axis_sizes")
-            from qzhou_jax import model as qmodel
-            axis_sizes = logical_axis_sizes(*qmodel.abstract_params(model_config))
+    def create(cls, mesh: Mesh, axis_sizes: Mapping[str, int], *, param_rules=PARAM_RULES,
+               activation_rules=ACTIVATION_RULES) -> "ShardingRules":
+        """Rules for `mesh` and the sizes of the logical axes ({name: size}, e.g. from `logical_axis_sizes`)."""
         dropped: dict[str, str] = {}
 
         def resolve(rules):
@@ -150,6 +146,11 @@ class ShardingRules:
         for line in dropped.values():
             log.info("sharding rule does not divide %s: replicated", line)
         return dataclasses.replace(rules, dropped=tuple(dropped.values()))
+
+    @classmethod
+    def for_params(cls, mesh: Mesh, abstract_params, logical_specs) -> "ShardingRules":
+        """Rules sized by a params tree and its logical specs: `for_params(mesh, *model.abstract_params(config))`."""
+        return cls.create(mesh, logical_axis_sizes(abstract_params, logical_specs))
 
     # ---- specs
     def spec(self, names: Sequence[str | None], shape: Sequence[int] | None = None, *, kind: str = "param") -> P:
@@ -208,13 +209,12 @@ def box(abstract_params, logical_specs):
 # ---------------------------------------------------------------------------------------- thin conveniences
 def param_shardings(abstract, logical_specs, mesh: Mesh):
     """NamedShardings for a params-shaped pytree from its logical PartitionSpecs (model.abstract_params)."""
-    rules = ShardingRules.create(mesh, axis_sizes=logical_axis_sizes(abstract, logical_specs))
-    return rules.tree_shardings(logical_specs)
+    return ShardingRules.for_params(mesh, abstract, logical_specs).tree_shardings(logical_specs)
 
 
-def activation_rules(mesh: Mesh, model_config):
-    """Activation rules for `nn.logical_axis_rules`, minus those the model's axis sizes can't divide."""
-    return ShardingRules.create(mesh, model_config).logical_axis_rules()
+def activation_rules(mesh: Mesh, abstract_params, logical_specs):
+    """Activation rules for `nn.logical_axis_rules`, minus those the params' axis sizes can't divide."""
+    return ShardingRules.for_params(mesh, abstract_params, logical_specs).logical_axis_rules()
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -225,11 +225,3 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
-
-def whole(x: jax.Array) -> jax.Array:
-    """`x` replicated on every device (under the trainer's sharding rules; a no-op without them), for a small
-    array that sharded indices look up. The loss compares every text with every other, so the segments'
-    embeddings are needed whole anyway, and the lookup is then local. Left to itself, SPMD moved rows between
-    devices with collective-permutes (10 more per packed step), and 2-process CPU runs (Gloo) hung in such a
-    step without an error, 1 run in 2 under load; 0 of 6 with the lookups local (tests/test_multihost.py)."""
-    return nn.with_logical_constraint(x, (None,) * x.ndim)

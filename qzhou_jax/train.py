@@ -26,6 +26,7 @@ from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; 
 from qzhou_jax.config_base import REQUIRED
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
 from qzhou_jax.data.spec import DataConfig
+from qzhou_jax.eval import tasks as eval_tasks
 from qzhou_jax.metrics_writer import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.model.config import frozen_layers_for
@@ -89,7 +90,7 @@ def init_params(cfg, model_config: ModelConfig, shardings=None):
 def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks):
     """What train.py and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
     step function per task type. Nothing is allocated."""
-    rules = sharding.ShardingRules.create(mesh, model_config)
+    rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(model_config))
     update_mask = (lambda params: qmodel.trainable_mask(params, model_config)) if model_config.frozen_layers else None
     tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps), update_mask=update_mask)
     state, state_shardings = abstract_state(model_config, tx, rules)
@@ -219,7 +220,8 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     tokenizer_dir = _keep_tokenizer(tokenizer, workdir)
     dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
                                                  process_count=jax.process_count(),
-                                                 row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)))
+                                                 row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)),
+                                                 evaluation_texts=eval_tasks.evaluation_texts)
     log.info("data mixture:\n%s", info.table())
     if report := info.skipped.report():
         print(f"skipped rows (per dataset and reason):\n{report}", flush=True)

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
+from qzhou_jax import batch as batch_lib, constraints, losses, model as qmodel, optim, sharding
 from qzhou_jax.batch import Batch
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.sharding import whole
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +210,7 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: B
         return (row % num_chunks) * (per_chunk * num_segments) + (row // num_chunks) * num_segments + s
 
     def loss_fn(tables):
-        flat = whole(tables.reshape(-1, tables.shape[-1]))
+        flat = constraints.replicated(tables.reshape(-1, tables.shape[-1]))
 
         def pick(index):
             picked = jnp.take(flat, jnp.maximum(stacked_slot(index), 0), axis=0)

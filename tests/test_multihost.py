@@ -268,7 +268,7 @@ def test_packed_batches_on_two_processes_give_the_padded_losses(runs, tmp_path):
     steps = 3
     for attempt in range(2):
         # One retry, on a hang only. Both processes once stalled for good in step 3 (a new program), in CI and
-        # here 1 run in 2 under load, inside Gloo collectives; since sharding.whole keeps the packed lookups
+        # here 1 run in 2 under load, inside Gloo collectives; since constraints.replicated keeps the packed lookups
         # local (no collective-permutes) it passed 6 of 6 loaded reruns. A hang in our code hangs twice and
         # fails; the first one's Python stacks are kept as a warning.
         workdir = tmp_path / f"workdir{attempt}"

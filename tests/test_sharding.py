@@ -61,7 +61,7 @@ def _tx(accum=1):
 
 def _rules(mesh_shape):
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[:math.prod(mesh_shape)])
-    return sharding.ShardingRules.create(mesh, CFG)
+    return sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(CFG))
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES)

@@ -178,14 +178,14 @@ def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_runn
     from jax.experimental import multihost_utils
     from ml_collections import ConfigDict
 
-    from qzhou_jax import batch as batch_lib, losses, optim, sharding
+    from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
     from qzhou_jax.train_step import abstract_state, create_state, make_step_fn
     from tests.test_train_step import CFG, PARAMS, make_batch
 
     tx, schedule = optim.make_optimizer(ConfigDict(dict(lr=1e-3, warmup_steps=0, decay="constant",
                                                         final_lr_ratio=1.0, b1=0.9, b2=0.999, eps=1e-8,
                                                         weight_decay=0.0, grad_clip=1.0, grad_accum_steps=1)), 10)
-    rules = sharding.ShardingRules.create(sharding.make_mesh((-1, 1, 1)), CFG)
+    rules = sharding.ShardingRules.for_params(sharding.make_mesh((-1, 1, 1)), *qmodel.abstract_params(CFG))
     _, state_shardings = abstract_state(CFG, tx, rules)
     step = make_step_fn("retrieval", config=CFG, loss_config=losses.LossConfig(), tx=tx, schedule=schedule,
                         gradcache_chunks=0, rules=rules, state_shardings=state_shardings)

@@ -47,7 +47,7 @@ PARAMS = qmodel.init_params(CFG, jax.random.key(0))
 
 def _sharded_loss_and_grads(mesh_shape, task, batch):
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
-    rules = sharding.ShardingRules.create(mesh, CFG)
+    rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(CFG))
     abstract, logical = qmodel.abstract_params(CFG)
     p_shardings = rules.tree_shardings(logical)
     params = jax.device_put(PARAMS, p_shardings)
@@ -133,7 +133,7 @@ def test_train_step_updates_and_skips_nonfinite():
                            eps=1e-8, weight_decay=0.01, grad_clip=1.0, grad_accum_steps=1))
     tx, schedule = optim.make_optimizer(ocfg, 10)
     mesh = sharding.make_mesh((-1, 1, 1))
-    rules = sharding.ShardingRules.create(mesh, CFG)
+    rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(CFG))
     _, st_sh = abstract_state(CFG, tx, rules)
     p_sh = st_sh.params
     batch = make_batch("retrieval")

@@ -92,7 +92,9 @@ def main(argv=None) -> int:
 
 def _inspect(args, cfg) -> int:
     data = DataConfig.from_config(data_block(cfg))
-    datasets, counter = load_datasets(data)
+    from qzhou_jax.eval.tasks import evaluation_texts
+
+    datasets, counter = load_datasets(data, evaluation_texts=evaluation_texts)
     info = mixture_info(data, datasets, counter, args.process_count)
     print("== mixture (alpha={}, eta={})".format(data.alpha, data.eta))
     print(info.table())

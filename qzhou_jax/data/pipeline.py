@@ -20,7 +20,8 @@ import grain
 import numpy as np
 
 from qzhou_jax.cli_errors import UsageError
-from qzhou_jax.data import adapters, checks, hub, mixture, packing, prepared, shared_data, sources
+from qzhou_jax.data import adapters, checks, contamination, hub, mixture, packing, prepared, shared_data, sources
+from qzhou_jax.data.contamination import EvaluationTexts
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
@@ -28,7 +29,7 @@ from qzhou_jax.data.tokenize import Collator, ExampleBuilder, TokenizeSpec, labe
 from qzhou_jax.data.transforms import LabelIndex, both_directions
 
 
-def _expand(path: str) -> str:
+def expand_data_dir(path: str) -> str:
     return path.replace("{data_dir}", str(shared_data.data_dir()))
 
 
@@ -43,9 +44,9 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
         counter.absorb(local, spec.name)
         return samples
     if spec.kind == "beir":
-        beir = sources.read_beir_folder(_expand(spec.location), spec.split, invalid)
+        beir = sources.read_beir_folder(expand_data_dir(spec.location), spec.split, invalid)
         return shared_data.beir_samples(beir, spec.instruction)
-    path = _expand(spec.location)
+    path = expand_data_dir(spec.location)
     if spec.kind == "jsonl":
         rows = sources.read_jsonl(path, invalid)
     elif spec.kind == "parquet":
@@ -55,7 +56,7 @@ def read_samples(spec: DatasetSpec, counter: SkipCounter) -> list:
     elif spec.kind == "hub":
         rows = hub.read_rows(spec.location, invalid)
     elif spec.kind == "tfds":
-        rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and _expand(spec.data_dir))
+        rows = sources.read_tfds(spec.location, spec.split, spec.data_dir and expand_data_dir(spec.data_dir))
     else:
         raise UsageError(f"{spec.name}: unknown source kind {spec.kind!r}")
     transform = spec.transform or adapters.DEFAULT_TRANSFORM[spec.task]
@@ -79,7 +80,7 @@ def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0, verify
     """A prepared dataset as a lazy sequence (max_examples / both_directions as views; no record is read). Its
     shards are checked against the manifest first (`verify`, prepared.VERIFY_LEVELS); the rows `prepare` skipped
     join the report and the max_skipped_fraction rule, as if the data were read here."""
-    samples = prepared.PreparedSamples(_expand(spec.location), verify=verify)
+    samples = prepared.PreparedSamples(expand_data_dir(spec.location), verify=verify)
     if samples.task != spec.task:
         raise DataError(spec.source, f"holds {samples.task!r} samples, the config's task is {spec.task!r}")
     manifest = samples.manifest
@@ -103,17 +104,21 @@ def load_prepared(spec: DatasetSpec, counter: SkipCounter, seed: int = 0, verify
 
 
 def load_samples(spec: DatasetSpec, counter: SkipCounter, seed: int = 0,
-                 verify: str = prepared.VERIFY_DEFAULT) -> list:
+                 verify: str = prepared.VERIFY_DEFAULT, evaluation_texts: EvaluationTexts | None = None) -> list:
     """read_samples + max_examples + both_directions + dropping single-text classification labels
-    (a `prepared:` source: `load_prepared`, lazily, its shards checked as `verify` says)."""
+    (a `prepared:` source: `load_prepared`, lazily, its shards checked as `verify` says). A dataset with
+    `decontaminate` needs `evaluation_texts` (task names -> their texts, e.g. eval.tasks.evaluation_texts): the
+    data code does not know the evaluation tasks, its callers pass them in."""
     if spec.kind == "prepared":
         return load_prepared(spec, counter, seed, verify)
     samples = read_samples(spec, counter)
     checks.check_read(spec, samples, counter)  # too many bad rows, none left, degenerate data: refused here
     if spec.decontaminate:
-        from qzhou_jax.synthesis.decontam import drop_contaminated_samples
-
-        samples = drop_contaminated_samples(samples, spec.decontaminate, counter, spec.name, spec.source)
+        if evaluation_texts is None:
+            raise UsageError(f"{spec.name}: decontaminate={spec.decontaminate!r} needs the evaluation texts; "
+                             f"the caller passes evaluation_texts (qzhou_jax.eval.tasks.evaluation_texts)")
+        samples = contamination.drop_contaminated_samples(samples, spec.decontaminate, evaluation_texts, counter,
+                                                          spec.name, spec.source)
     if spec.task == CLASSIFICATION:  # in the file itself a label with one text is bad input
         for label in LabelIndex(samples).singleton_labels():
             counter.invalid(spec.name, DataError(spec.source, f"label {label!r} has a single text, so no positive "
@@ -145,10 +150,11 @@ class LoadedDataset:
         return len(self.samples)
 
 
-def load_datasets(config, counter: SkipCounter | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
+def load_datasets(config, counter: SkipCounter | None = None,
+                  evaluation_texts: EvaluationTexts | None = None) -> tuple[list[LoadedDataset], SkipCounter]:
     config = DataConfig.from_config(config)
     counter = counter or SkipCounter.for_data(config)
-    return [LoadedDataset(spec, load_samples(spec, counter, config.seed, config.verify))
+    return [LoadedDataset(spec, load_samples(spec, counter, config.seed, config.verify, evaluation_texts))
             for spec in config.datasets], counter
 
 
@@ -174,11 +180,11 @@ class MixtureInfo:
 
 
 def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counter: SkipCounter | None = None,
-                 process_count: int = 1) -> MixtureInfo:
+                 process_count: int = 1, evaluation_texts: EvaluationTexts | None = None) -> MixtureInfo:
     """Datasets, sizes, sampling probabilities, task types (loads the data unless `datasets` is given)."""
     config = DataConfig.from_config(config)
     if datasets is None:
-        datasets, counter = load_datasets(config, counter)
+        datasets, counter = load_datasets(config, counter, evaluation_texts)
     tasks = [d.spec.task for d in datasets]
     sizes = [d.size for d in datasets]
     p = mixture.sampling_probabilities(sizes, tasks, config.alpha, config.eta, [d.spec.weight for d in datasets])
@@ -212,7 +218,8 @@ def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = None,
                    process_count: int | None = None, seed: int | None = None,
                    datasets: Sequence[LoadedDataset] | None = None,
-                   counter: SkipCounter | None = None, row_chunks: int = 1) -> tuple[grain.IterDataset, MixtureInfo]:
+                   counter: SkipCounter | None = None, row_chunks: int = 1,
+                   evaluation_texts: EvaluationTexts | None = None) -> tuple[grain.IterDataset, MixtureInfo]:
     """(Grain IterDataset of per-host batches, MixtureInfo). Host defaults come from JAX when not given;
     `seed` defaults to config.data.seed; pass `datasets` to reuse already loaded samples. `row_chunks`: with
     data.packing, packed rows come in a multiple of this (the trainer passes its GradCache chunks)."""
@@ -224,7 +231,7 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
         process_count = jax.process_count() if process_count is None else process_count
     seed = config.seed if seed is None else int(seed)
     if datasets is None:
-        datasets, counter = load_datasets(config, counter)
+        datasets, counter = load_datasets(config, counter, evaluation_texts)
     info = mixture_info(config, datasets, counter, process_count)
 
     streams = []

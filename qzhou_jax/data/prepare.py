@@ -72,7 +72,7 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
 
 def source_fingerprints(spec: DatasetSpec) -> list[dict[str, Any]]:
     """Size and sha256 of every input file (shared data: its folder is recorded, the samples hash covers it)."""
-    from qzhou_jax.data.pipeline import _expand
+    from qzhou_jax.data.pipeline import expand_data_dir
     from qzhou_jax.data.shared_data import data_dir
 
     if spec.kind == "shared":
@@ -83,7 +83,7 @@ def source_fingerprints(spec: DatasetSpec) -> list[dict[str, Any]]:
         repo, _ = hub.parse(spec.location)
         return [{"hub": repo, "file": name, **file_fingerprint(path)}
                 for name, path in zip(hub.matching_files(spec.location), hub.local_files(spec.location))]
-    path = Path(_expand(spec.location))
+    path = Path(expand_data_dir(spec.location))
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return [file_fingerprint(p) for p in files]
 
@@ -144,9 +144,10 @@ def _write_labels(path: Path, samples: Sequence) -> list[str]:
 def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid: bool = False,
                     max_skipped_fraction: float = 1.0,
                     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print, evaluation_texts=None) -> dict[str, Any]:
     """One dataset -> OUT/<name>/ (see module docstring). Returns its manifest. Malformed rows beyond
-    `max_skipped_fraction` (data.max_skipped_fraction) refuse the dataset, as training would (checks.py)."""
+    `max_skipped_fraction` (data.max_skipped_fraction) refuse the dataset, as training would (checks.py).
+    `evaluation_texts`: for a dataset with `decontaminate` (pipeline.load_samples)."""
     if group_size < 1:
         raise UsageError(f"group_size {group_size}: need >= 1 records per ArrayRecord chunk")
     from qzhou_jax.data.pipeline import load_samples
@@ -154,7 +155,8 @@ def prepare_dataset(spec: DatasetSpec, out: Path, *, seed: int = 0, skip_invalid
     folder = out / spec.name
     t0 = time.time()
     counter = SkipCounter(skip_invalid=skip_invalid, max_skipped_fraction=max_skipped_fraction)
-    samples = load_samples(dataclasses.replace(spec, both_directions=False), counter, seed)
+    samples = load_samples(dataclasses.replace(spec, both_directions=False), counter, seed,
+                           evaluation_texts=evaluation_texts)
     records = [prepared.encode_sample(s) for s in samples]
     digest = hashlib.sha256()
     for r in records:
@@ -269,17 +271,18 @@ def _verify_and_repair(spec: DatasetSpec, folder: Path, samples: Sequence, names
 
 
 def _prepare_one(args, log: Callable[[str], None] = print) -> dict[str, Any]:  # module-level: runs in workers
-    spec_fields, out, seed, skip_invalid, max_skipped_fraction, records_per_shard, group_size = args
+    spec_fields, out, seed, skip_invalid, max_skipped_fraction, records_per_shard, group_size, texts = args
     return prepare_dataset(DatasetSpec(**spec_fields), Path(out), seed=seed, skip_invalid=skip_invalid,
                            max_skipped_fraction=max_skipped_fraction, records_per_shard=records_per_shard,
-                           group_size=group_size, log=log)
+                           group_size=group_size, log=log, evaluation_texts=texts)
 
 
 def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
             records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, group_size: int = DEFAULT_GROUP_SIZE,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, evaluation_texts=None) -> dict:
     """Prepares this shard's datasets; returns {name: manifest} of those, and writes OUT/manifest.json once every
-    dataset of the config is done."""
+    dataset of the config is done. `evaluation_texts` (a module-level function, so workers can take it): for
+    datasets with `decontaminate`."""
     config = DataConfig.from_config(data_config)
     index, count = shard
     if not 0 <= index < count:
@@ -288,7 +291,7 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     out.mkdir(parents=True, exist_ok=True)
     mine = [s for i, s in enumerate(config.datasets) if i % count == index]
     jobs = [(dataclasses.asdict(s), str(out), config.seed, config.skip_invalid, config.max_skipped_fraction,
-             records_per_shard, group_size) for s in mine]
+             records_per_shard, group_size, evaluation_texts) for s in mine]
     t0 = time.time()
     if workers > 1 and len(jobs) > 1:
         # spawn: a clean interpreter per worker (no forked threads or locks)
@@ -325,6 +328,7 @@ def _shard_arg(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     from qzhou_jax.config import parse_config_args
     from qzhou_jax.data.inspect import data_block
+    from qzhou_jax.eval.tasks import evaluation_texts
 
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
@@ -341,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with cli_errors.reported(args.debug):  # bad rows, too many skipped, another prepare's folder: one line, exit 2
         data = data_block(cfg)
         prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
-                group_size=args.group_size, log=lambda msg: print(msg, flush=True))
+                group_size=args.group_size, log=lambda msg: print(msg, flush=True),
+                evaluation_texts=evaluation_texts)
     return 0
 
 

@@ -39,7 +39,7 @@ Dataset dict fields:
   max_chars, max_words   truncate title_body bodies / reading-comprehension contexts (also shared:cmrc2018,
                     max_chars only) [None]
   decontaminate     drop samples whose texts match local evaluation tasks ("all" or a comma list; exact after
-                    normalisation or a shared 13-gram, qzhou_jax/synthesis/decontam.py); counted as skipped [None]
+                    normalisation or a shared 13-gram, qzhou_jax/data/contamination.py); counted as skipped [None]
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _shared_dir():
     return data_dir()
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """ConfigDict / FrozenConfigDict / FieldReference -> plain python."""
     if hasattr(value, "to_dict"):
         return value.to_dict()
@@ -114,14 +114,14 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str, defaults: Mapping[str, Any] = {}) -> "DatasetSpec":
-        raw = _plain(raw)
+        raw = plain(raw)
         if str(raw.get("source", "")).startswith("prepared:"):  # stored fields sit between defaults and the entry
             from qzhou_jax.data.prepared import training_defaults
 
             location = str(raw["source"]).split(":", 1)[1].replace("{data_dir}", str(_shared_dir()))
-            raw = {**_plain(defaults), **training_defaults(location), **raw}
+            raw = {**plain(defaults), **training_defaults(location), **raw}
         else:
-            raw = {**_plain(defaults), **raw}
+            raw = {**plain(defaults), **raw}
         if raw.get("name"):
             where = f"{where} ({raw['name']!r})"
         known = {f.name for f in dataclasses.fields(cls)}
@@ -180,7 +180,7 @@ class DataConfig:
     def from_config(cls, data: Any) -> "DataConfig":
         if isinstance(data, DataConfig):
             return data
-        raw = dict(_plain(data))
+        raw = dict(plain(data))
         known = {f.name for f in dataclasses.fields(cls)} | {"defaults"}
         if unknown := sorted(set(raw) - known):
             raise UsageError(f"config.data: unknown field(s) {unknown}; known fields: {sorted(known)}")
@@ -189,14 +189,14 @@ class DataConfig:
         if not datasets:
             raise UsageError("config.data.datasets is missing or empty")
         specs = tuple(DatasetSpec.from_dict(d, f"config.data.datasets[{i}]", defaults)
-                      for i, d in enumerate(_plain(datasets)))
+                      for i, d in enumerate(plain(datasets)))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise UsageError(f"config.data.datasets: duplicate names in {names}")
         if "batch_size" in raw:
-            raw["batch_size"] = {**DEFAULT_BATCH_SIZE, **dict(_plain(raw["batch_size"]))}
+            raw["batch_size"] = {**DEFAULT_BATCH_SIZE, **dict(plain(raw["batch_size"]))}
             if unknown := sorted(set(raw["batch_size"]) - set(TASK_TYPES)):
                 raise UsageError(f"config.data.batch_size: unknown task types {unknown}")
         if "buckets" in raw:
-            raw["buckets"] = tuple(int(b) for b in _plain(raw["buckets"]))
+            raw["buckets"] = tuple(int(b) for b in plain(raw["buckets"]))
         return cls(datasets=specs, **raw)

@@ -38,7 +38,7 @@ def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _merge_chunk(queries, chunk, n_valid, offset, best_scores, best_idx, *, k: int):
+def merge_chunk(queries, chunk, n_valid, offset, best_scores, best_idx, *, k: int):
     """Score one query batch [B, D] against one corpus chunk [C, D]; merge into the running top k [B, k].
 
     `n_valid` (traced) masks the chunk's padding rows; `offset` (traced) is the chunk's first corpus index.
@@ -93,7 +93,7 @@ def cosine_top_k(
         rows = c[start : start + chunk_size]
         chunk = jnp.asarray(_pad_rows(rows, chunk_size))
         n_valid, offset = jnp.int32(len(rows)), jnp.int32(start)
-        best = [_merge_chunk(qb, chunk, n_valid, offset, s, i, k=k) for qb, (s, i) in zip(q_batches, best)]
+        best = [merge_chunk(qb, chunk, n_valid, offset, s, i, k=k) for qb, (s, i) in zip(q_batches, best)]
     scores = np.concatenate([np.asarray(s) for s, _ in best])[:n_q]
     indices = np.concatenate([np.asarray(i) for _, i in best])[:n_q].astype(np.int64)
     return scores, indices

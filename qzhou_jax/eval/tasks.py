@@ -45,7 +45,7 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -393,3 +393,27 @@ def get_tasks(names: str | Sequence[str] = "all",
     if duplicates:
         raise ValueError(f"tasks listed twice: {sorted(duplicates)}")
     return [get_task(n, instructions) for n in names]
+
+
+def task_texts(task: Task, split: str) -> list[str]:
+    """The texts of one split of a local evaluation task."""
+    raw = task.read(task.splits[split])
+    if isinstance(task, PairTask):
+        return [t for s in raw for t in (s.text_a, s.text_b)]
+    if isinstance(task, RetrievalTask):
+        corpus, queries, qrels = raw
+        return [queries[q] for q in qrels if q in queries] + [corpus[d] for q in qrels for d in qrels[q]
+                                                            if d in corpus]
+    if isinstance(task, RerankingTask):
+        return [t for g in raw for t in (g.question, *g.positives, *g.negatives)]
+    return [s.text for s in raw]  # classification, clustering
+
+
+def evaluation_texts(names: str = "all") -> Iterator[tuple[str, list[str]]]:
+    """("<task>/<split>", texts) for every non-train split of the named tasks ("all" or a comma list): what training
+    data must not contain (data/contamination.py matches against them)."""
+    for task in get_tasks(names):
+        for split in task.splits:
+            if split != "train":
+                yield f"{task.name}/{split}", task_texts(task, split)
+

@@ -26,14 +26,14 @@ def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32,
         config = config.replace(dtype=dtype)  # compute dtype; the params keep the checkpoint's
         return Encoder(params, config, tokenizer, max_length=max_length, batch_size=batch_size,
                        prompt=run_meta.prompt_from_meta(meta))
-    from qzhou_jax.encode import _prompt_from_dir, check_model_dir
+    from qzhou_jax.encode import prompt_from_dir, check_model_dir
     from qzhou_jax.hf.load import load_params
 
     check_model_dir(model_dir, "--model")  # neither a workdir nor a model directory: say so, naming it
     config = ModelConfig.from_hf(model_dir, param_dtype=dtype, dtype=dtype)
     params = load_params(model_dir, config)
     return Encoder(params, config, load_tokenizer(model_dir), max_length=max_length, batch_size=batch_size,
-                   prompt=_prompt_from_dir(model_dir))
+                   prompt=prompt_from_dir(model_dir))
 
 
 def model_fingerprint(encoder: Encoder, samples_per_leaf: int = 4096) -> str:

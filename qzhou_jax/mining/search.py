@@ -3,7 +3,7 @@
 The passage embeddings [N, D] are split row-wise over a 1-D mesh of all devices (jax.devices(): every host's),
 each host placing only its own devices' rows (read from the embedding cache). Queries come in fixed-size
 batches, replicated. On each device a `lax.scan` walks its rows in chunks of `corpus_chunk` and keeps a running
-top k with eval/search.py's `_merge_chunk` (one kernel for evaluation and mining); the per-device top k are then
+top k with eval/search.py's `merge_chunk` (one kernel for evaluation and mining); the per-device top k are then
 all-gathered and merged. Peak memory per device: its passage shard plus one [query_batch, corpus_chunk] score
 block, never [queries, N]. Ties come out by ascending corpus index, as a stable sort of the full row would.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from qzhou_jax import sharding
-from qzhou_jax.eval.search import _merge_chunk
+from qzhou_jax.eval.search import merge_chunk
 
 AXIS = "passages"
 
@@ -77,7 +77,7 @@ def _search_fn(mesh: Mesh, k: int, chunk: int, chunks_per_device: int, n: int):
         def step(best, i):
             offset = base + i * chunk
             n_valid = jnp.clip(n - offset, 0, chunk)
-            return _merge_chunk(queries, blocks[i], n_valid, offset, *best, k=k), None
+            return merge_chunk(queries, blocks[i], n_valid, offset, *best, k=k), None
 
         b = queries.shape[0]
         init = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.full((b, k), -1, jnp.int32))

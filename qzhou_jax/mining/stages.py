@@ -22,7 +22,8 @@ from qzhou_jax.config_base import REQUIRED
 from qzhou_jax.data import pipeline
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import RETRIEVAL
-from qzhou_jax.data.spec import DataConfig, _plain
+from qzhou_jax.data.spec import DataConfig, plain
+from qzhou_jax.eval.tasks import evaluation_texts
 from qzhou_jax.mining import cache as mcache
 from qzhou_jax.mining.model import load_encoder
 from qzhou_jax.mining.run import MineConfig, mine, write_jsonl
@@ -79,7 +80,8 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
             continue
         rows_path = os.path.join(out_dir, f"{name}.input.jsonl")
         if jax.process_index() == 0:
-            samples = pipeline.load_samples(spec, SkipCounter.for_data(data), data.seed)
+            samples = pipeline.load_samples(spec, SkipCounter.for_data(data), data.seed,
+                                            evaluation_texts=evaluation_texts)
             write_jsonl(rows_path, (_row(s, spec.instruction) for s in samples))
         _barrier(f"mine-input-{name}")
         if encoder is None or encoder.max_length != max_length:
@@ -119,7 +121,7 @@ def _row(sample, default_instruction: str) -> dict:
 def _point_at(stage_cfg, sources: dict[str, str]):
     cfg = stage_cfg.copy_and_resolve_references()
     datasets = []
-    for entry in _plain(cfg.data.datasets):
+    for entry in plain(cfg.data.datasets):
         entry = dict(entry)
         if entry["name"] in sources:  # the rows carry the instruction as "prompt"; max_examples already applied
             entry.update(source=f"jsonl:{sources[entry['name']]}", task="retrieval", transform="retrieval",

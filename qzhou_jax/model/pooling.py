@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from qzhou_jax.numerics import l2_normalize, matryoshka_truncate  # noqa: F401 (l2_normalize: re-exported)
-from qzhou_jax.sharding import whole
+from qzhou_jax.constraints import replicated
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -56,7 +56,7 @@ def embed_segments(hidden: jax.Array, segment_ids: jax.Array, num_segments: int,
     pooled = pooled.reshape(-1, pooled.shape[-1])
     if dim is not None:
         pooled = pooled[..., :dim]
-    picked = jnp.take(whole(pooled), jnp.maximum(index, 0), axis=0)
+    picked = jnp.take(replicated(pooled), jnp.maximum(index, 0), axis=0)
     return l2_normalize(jnp.where((index >= 0)[..., None], picked, 0.0))
 
 

@@ -12,10 +12,12 @@ whitespace are not tokens), so English is measured in words and Chinese in chara
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein  # C implementation over token lists; a Python DP is 100x slower
+
+# The one tokenisation, shared with the decontamination matcher (data/contamination.py).
+from qzhou_jax.data.contamination import CJK_RANGES, normalise, tokens  # noqa: F401 (normalise: re-exported)
 
 PARAPHRASE_LENGTH_TOL = 0.15
 AUGMENT_LENGTH_TOL = 0.20
@@ -25,24 +27,13 @@ MIN_EDIT_PARAGRAPH = 0.20  # ... or this (paragraphs)
 NEAR_DUPLICATE_RATIO = 0.10
 ZH_SHARE = 0.3
 
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+", re.UNICODE)
-_CJK_CHAR = re.compile(rf"[{_CJK}]")
+_CJK_CHAR = re.compile(rf"[{CJK_RANGES}]")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])")
 
 # Rejection reasons (summary keys).
 EMPTY, LANGUAGE, LENGTH, TOO_SIMILAR, NEAR_DUPLICATE = "empty", "language", "length_ratio", "too_similar", \
     "near_duplicate"
 NOT_TOPIC_SHIFT = "not_topic_shift"
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-def normalise(text: str) -> str:
-    """The exact-match key: NFKC, case-folded, punctuation and whitespace removed."""
-    return " ".join(tokens(text))
 
 
 def language(text: str) -> str:

@@ -12,6 +12,7 @@ from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import RETRIEVAL
 from qzhou_jax.data.pipeline import load_samples
 from qzhou_jax.data.spec import DataConfig
+from qzhou_jax.eval.tasks import evaluation_texts
 from qzhou_jax.synthesis.cache import write_atomic
 
 
@@ -31,7 +32,7 @@ def write_seed(config, dataset: str, output: str, seed: int | None = None) -> di
     if spec.task != RETRIEVAL:
         raise UsageError(f"dataset {dataset!r} is {spec.task!r} data; the generators take retrieval pairs")
     counter = SkipCounter(skip_invalid=False)
-    samples = load_samples(spec, counter, data_seed if seed is None else seed)
+    samples = load_samples(spec, counter, data_seed if seed is None else seed, evaluation_texts=evaluation_texts)
     rows = [{"query": s.query, "pos": [s.positive], "neg": list(s.negatives), "prompt": s.instruction,
              "source_id": f"{dataset}:{i}"} for i, s in enumerate(samples)]
     write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -50,9 +50,9 @@ def test_k_is_clamped_and_chunk_smaller_than_k():
 def test_kernel_compiles_once_for_all_chunks():
     rng = np.random.default_rng(3)
     q, c = rng.normal(size=(6, 12)), rng.normal(size=(53, 12))  # odd shapes no other test uses
-    before = search._merge_chunk._cache_size()
+    before = search.merge_chunk._cache_size()
     search.cosine_top_k(q, c, 4, corpus_chunk_size=10, query_batch_size=4)  # 6 chunks x 2 query batches
-    assert search._merge_chunk._cache_size() == before + 1
+    assert search.merge_chunk._cache_size() == before + 1
 
 
 def test_exact_search_feeds_retrieval_metrics():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qzhou_jax import sharding
+from qzhou_jax import model as qmodel, sharding
 from qzhou_jax.model import ModelConfig, hidden_states, init_params, preset
 from qzhou_jax.model.attention import attention, resolve_impl
 
@@ -75,7 +75,7 @@ def test_splash_sharded_under_shard_map_matches_xla(mesh_shape, heads, kv):
     """Batch over (data, fsdp), heads over tensor; (1,2,4) has 2 KV heads on a tensor axis of 4 (K/V repeated)."""
     mesh = sharding.make_mesh(mesh_shape)
     cfg = ModelConfig(num_heads=heads, num_kv_heads=kv, hidden_size=heads * HD)
-    rules = sharding.activation_rules(mesh, cfg)
+    rules = sharding.activation_rules(mesh, *qmodel.abstract_params(cfg))
     batch = 8
     q, k, v = _qkv(batch, heads=heads, kv=kv)
     seg = jnp.tile(_segments(), (3, 1))[:batch]

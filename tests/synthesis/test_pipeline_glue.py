@@ -9,6 +9,7 @@ from qzhou_jax.data import shared_data
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.pipeline import load_datasets, load_samples, mixture_info
 from qzhou_jax.data.spec import DatasetSpec
+from qzhou_jax.eval.tasks import evaluation_texts
 from qzhou_jax.synthesis.fake_server import ScriptedServer
 from qzhou_jax.synthesis.seed import write_seed
 
@@ -38,7 +39,7 @@ def test_seed_paraphrase_hard_negatives_train_data(tmp_path):
     assert para["complete"] and hn["complete"] and hn["items"] == para["rows_written"]
     rows = [json.loads(line) for line in (tmp_path / "para_hn.jsonl").read_text().splitlines()]
     assert all(r["generator"] == "paraphrase+hard_negatives" and r["source_id"].startswith("trecqa:") for r in rows)
-    datasets, counter = load_datasets(config.data)
+    datasets, counter = load_datasets(config.data, evaluation_texts=evaluation_texts)
     synthetic = next(d for d in datasets if d.spec.name == "trecqa_synthetic")
     assert len(synthetic.samples) == hn["rows_written"] and synthetic.spec.weight == 0.5
     assert all(len(s.negatives) >= 3 for s in synthetic.samples)
@@ -58,6 +59,7 @@ def test_data_config_decontaminate_option(tmp_path):
     raw = dict(name="mine", source=f"jsonl:{tmp_path / 'train.jsonl'}", task="retrieval")
     counter = SkipCounter()
     assert len(load_samples(DatasetSpec.from_dict(raw, "test"), counter)) == 3
-    samples = load_samples(DatasetSpec.from_dict({**raw, "decontaminate": "STSBenchmark"}, "test"), counter)
+    samples = load_samples(DatasetSpec.from_dict({**raw, "decontaminate": "STSBenchmark"}, "test"), counter,
+                           evaluation_texts=evaluation_texts)
     assert [s.query for s in samples] == ["another clean query"]
     assert counter.total("mine") == 2
