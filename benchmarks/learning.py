@@ -26,7 +26,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from qzhou_jax import losses, model as qmodel, optim  # noqa: E402
+from qzhou_jax import losses, model as qmodel  # noqa: E402
+from qzhou_jax.train import optim  # noqa: E402
 from qzhou_jax.data import presets, shared_data  # noqa: E402
 from qzhou_jax.tokenizer import format_query, load_tokenizer, tokenize  # noqa: E402
 

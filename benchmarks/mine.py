@@ -126,7 +126,7 @@ def run_scaling(model_dir, n, queries, max_length, batch_size, directory) -> dic
 
 
 def export_model(hf_dir: str, export_dir: str) -> None:
-    from qzhou_jax import export
+    from qzhou_jax.cli import export
     export.main(["--params-from-hf", hf_dir, "--out", export_dir, "--dtype", "float32"])
 
 

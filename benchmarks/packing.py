@@ -46,7 +46,8 @@ def run(args) -> dict:
     import jax
     import numpy as np
 
-    from qzhou_jax import losses, train_step
+    from qzhou_jax import losses
+    from qzhou_jax.train import step as train_step
     from qzhou_jax.data import packing
     from qzhou_jax.model import ModelConfig, init_params
 

@@ -158,7 +158,7 @@ def step_flops(config, batch_shapes: dict, tokens_anchor: float, tokens_cand: fl
     """Model FLOPs of one step: train_step.batch_flops (a forward and a backward pass over every layer, 3x the
     forward) or, with `config.frozen_layers = k` (partial fine-tuning), a forward over all L layers and a backward
     over the top L - k only: (L + 2 (L - k)) / 3L of it. Recomputation under remat is not counted (model FLOPs)."""
-    from qzhou_jax.train_step import batch_flops
+    from qzhou_jax.train.step import batch_flops
 
     layers, frozen = config.num_layers, config.frozen_layers
     return batch_flops(config, batch_shapes, tokens_anchor, tokens_cand) * (layers + 2 * (layers - frozen)) \
@@ -168,7 +168,7 @@ def step_flops(config, batch_shapes: dict, tokens_anchor: float, tokens_cand: fl
 # ------------------------------------------------------------------------------------------------- JAX side
 def optim_config(lr: float, weight_decay: float, clip: float):
     """The project's optim block with a constant rate (no warm-up), so both sides take identical updates."""
-    from qzhou_jax.config_base import base
+    from qzhou_jax.config.defaults import base
 
     cfg = base().optim
     cfg.update(dict(lr=lr, warmup_steps=0, decay="constant", weight_decay=weight_decay, grad_clip=clip))
@@ -180,8 +180,9 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
     import flax
     import jax
 
-    from qzhou_jax import losses, optim
-    from qzhou_jax.train_step import embed_batch, mesh_context, plain_loss_and_grads
+    from qzhou_jax import losses
+    from qzhou_jax.train import optim
+    from qzhou_jax.train.step import embed_batch, mesh_context, plain_loss_and_grads
 
     def timed(fn, *args):
         jax.block_until_ready(fn(*args))
@@ -236,11 +237,12 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     _one_cpu_device()
     import jax
 
-    from qzhou_jax import batch as batch_lib, losses, model as qmodel, optim, sharding
+    from qzhou_jax import batch as batch_lib, losses, model as qmodel, sharding
+    from qzhou_jax.train import optim
     from qzhou_jax.hf.load import load_params
     from qzhou_jax.model import ModelConfig
     from qzhou_jax.model.config import frozen_layers_for
-    from qzhou_jax.train_step import abstract_state, create_state, make_step_fn, mesh_context
+    from qzhou_jax.train.step import abstract_state, create_state, make_step_fn, mesh_context
 
     start = time.perf_counter()
     config = ModelConfig.from_hf(model_dir, param_dtype="float32", dtype=dtype, remat_policy=remat,
@@ -344,7 +346,7 @@ def run_torch(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, we
     import transformers
     from transformers.masking_utils import create_bidirectional_mask
 
-    from qzhou_jax.config_base import base
+    from qzhou_jax.config.defaults import base
     from qzhou_jax.model.config import frozen_layers_for
 
     transformers.utils.logging.disable_progress_bar()

@@ -3,7 +3,7 @@
 Inspect it with:  python -m qzhou_jax.data.inspect --config configs/data_example.py
 Field reference: qzhou_jax/data/spec.py. Stage configs copy `config.data` from here and change sizes.
 """
-from qzhou_jax.config_base import base
+from qzhou_jax.config.defaults import base
 
 RETRIEVAL_DEFAULTS = dict(max_len_query=64, max_len_passage=256)
 SYMMETRIC_DEFAULTS = dict(max_len_query=64, max_len_passage=64)

@@ -7,7 +7,7 @@ Same code path as the real recipe (Grain mixture, sharded jit steps on the local
 checkpoints, HF export); only sizes shrink. With the argument "both" (default) it runs stage 1 then stage 2, stage 2
 initialised from stage 1's final params, like configs/stage1.py -> configs/stage2.py.
 """
-from qzhou_jax.config_base import base, stages
+from qzhou_jax.config.defaults import base, stages
 from qzhou_jax.data import presets
 
 

@@ -8,7 +8,7 @@ data (retrieval, STS/NLI, classification), both stages, in about 50 minutes on a
 From scratch (random init, real Qwen2.5 tokenizer) the model can only learn what these few thousand examples
 teach: the point is the before/after gap on held-out test splits, not absolute scores.
 """
-from qzhou_jax.config_base import base, stages
+from qzhou_jax.config.defaults import base, stages
 from qzhou_jax.data import presets
 
 

@@ -24,7 +24,7 @@ are kept.
 --config.model.hf_dir=DIR. Argument: [SIZE][:STAGE], SIZE full (default) | ablation | demo, STAGE "" (both) |
 stage1 | stage2 | stage2-alone.
 """
-from qzhou_jax.config_base import REQUIRED, base, stages
+from qzhou_jax.config.defaults import REQUIRED, base, stages
 from qzhou_jax.data import presets
 
 BASE_DIR = "bases/smollm2-135m-instruct"

@@ -8,7 +8,7 @@ it is confirmed); the 7B model block is shared with stage 2 (configs/qwen25_7b.p
 shared public retrieval sets as a template: list your own retrieval corpora (FlagEmbedding JSONL, Parquet, TFDS,
 BEIR) the same way.
 """
-from qzhou_jax.config_base import base, sibling
+from qzhou_jax.config.defaults import base, sibling
 from qzhou_jax.data import paper_mix, presets
 
 

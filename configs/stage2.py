@@ -8,7 +8,7 @@ Every number of the recipe is set here or in stage 1's `recipe_numbers` (shared)
 docs/recipe.md. `init_from` takes a stage-1 workdir (params only, no optimizer state) or an HF directory (e.g. a
 stage-1 export); `model.hf_dir` still supplies the architecture config and tokenizer.
 """
-from qzhou_jax.config_base import REQUIRED, base, sibling
+from qzhou_jax.config.defaults import REQUIRED, base, sibling
 from qzhou_jax.data import paper_mix, presets
 
 

@@ -11,7 +11,7 @@ Both generation steps drop outputs that match any local evaluation task (--decon
 the real dataset is decontaminated by its `decontaminate` field. The config argument is the synthesis directory
 [workdirs/synth]. Model and schedule: a tiny random model trained on CPU in minutes, as in configs/demo.py.
 """
-from qzhou_jax.config_base import base
+from qzhou_jax.config.defaults import base
 
 INSTRUCTION = "Given a question, retrieve sentences that answer it"
 LENGTHS = dict(max_len_query=48, max_len_passage=96)

@@ -1,5 +1,5 @@
-"""`python -m qzhou_jax.evaluate ...`: the evaluate CLI lives in qzhou_jax/eval/evaluate.py."""
-from qzhou_jax.eval.evaluate import evaluate, main  # noqa: F401
+"""`python -m qzhou_jax.evaluate`: the command is qzhou_jax/cli/evaluate.py (this path kept as an alias for one release)."""
+from qzhou_jax.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

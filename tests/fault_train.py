@@ -5,7 +5,8 @@ no clean shutdown). The fault lives here, not in the training loop or the config
 """
 import os
 
-from qzhou_jax import train
+from qzhou_jax.train import loop as train
+from qzhou_jax.cli import train as train_cli
 
 
 def crash_after(n: int):
@@ -18,4 +19,4 @@ def crash_after(n: int):
 
 if __name__ == "__main__":
     crash = int(os.environ.get("QZ_CRASH_AFTER_STEP", "0"))
-    train.main(after_step=crash_after(crash) if crash else None)
+    train_cli.main(after_step=crash_after(crash) if crash else None)

@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id, initialization_timeout=args.init_timeout)
 
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
     from qzhou_jax.data import global_batch
 
     original_to_global = global_batch.to_global

@@ -26,9 +26,9 @@ def test_exit_status_by_kind(error, status):
 
 
 def test_project_errors_are_classified():
-    from qzhou_jax.checkpoint import CheckpointSaveError
+    from qzhou_jax.run.checkpoint import CheckpointSaveError
     from qzhou_jax.config import ConfigLoadError
-    from qzhou_jax.config_check import ConfigError
+    from qzhou_jax.train.config_check import ConfigError
     from qzhou_jax.data.checks import DatasetRefused
     from qzhou_jax.data.errors import DataError
     from qzhou_jax.data.prepared import DamagedShards
@@ -36,8 +36,8 @@ def test_project_errors_are_classified():
     from qzhou_jax.hf.load import CheckpointError
     from qzhou_jax.synthesis.client import AuthError
     from qzhou_jax.synthesis.run import UnusableAnswers
-    from qzhou_jax.train import NonFiniteError
-    from qzhou_jax.workdir_lock import WorkdirBusyError
+    from qzhou_jax.train.loop import NonFiniteError
+    from qzhou_jax.train.workdir_lock import WorkdirBusyError
 
     for usage in (ConfigError("a.b", 1, "bad"), ConfigLoadError("x"), DataError("f:1", "bad"), DatasetRefused("x"),
                   DamagedShards("f", "x"), CheckpointError("no weights"), AuthError("401"), ConvertError("x.gguf")):

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from qzhou_jax.encode import Encoder, main, read_texts
+from qzhou_jax.cli.encode import main
+from qzhou_jax.encode import Encoder, read_texts
 from qzhou_jax.tokenizer import format_query
 from tests import oracle
 

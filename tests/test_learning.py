@@ -13,7 +13,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from configs import real_small
-from qzhou_jax import losses, model as qmodel, optim
+from qzhou_jax import losses, model as qmodel
+from qzhou_jax.train import optim
 
 LEN, PREFIX, N_TRAIN, N_TEST, BATCH, STEPS = 12, 8, 256, 64, 32, 40
 

@@ -25,10 +25,11 @@ import jax
 import numpy as np
 import pytest
 
-from qzhou_jax import checkpoint, train
+from qzhou_jax.run import checkpoint
+from qzhou_jax.train import loop as train
 from qzhou_jax.data import pipeline as data_pipeline
 from qzhou_jax.hf.load import load_params
-from qzhou_jax.metrics_writer import read_metrics
+from qzhou_jax.train.metrics import read_metrics
 from qzhou_jax.tokenizer import load_tokenizer
 from tests.multihost_worker import fingerprint
 

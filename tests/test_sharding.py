@@ -10,9 +10,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from qzhou_jax import batch as batch_lib, optim, sharding
+from qzhou_jax import batch as batch_lib, sharding
+from qzhou_jax.train import optim
 from qzhou_jax import model as qmodel
-from qzhou_jax.train_step import abstract_state
+from qzhou_jax.train.step import abstract_state
 
 CFG = qmodel.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_position_embeddings=64)

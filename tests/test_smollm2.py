@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from qzhou_jax import train
+from qzhou_jax.train import loop as train
 from qzhou_jax.encode import Encoder
 from qzhou_jax.eval import evaluate as ev
+from qzhou_jax.cli import evaluate as evaluate_cli
 from qzhou_jax.instructions import STS
 
 pytestmark = pytest.mark.slow
@@ -77,16 +78,17 @@ def test_export_loads_in_transformers_and_sentence_transformers_and_equals_our_e
 
 def test_encode_evaluate_mine_and_mteb_adapter_on_the_workdir(finetuned, tmp_path):
     from qzhou_jax import encode, mine
+    from qzhou_jax.cli import encode as encode_cli
     from qzhou_jax.eval.mteb_adapter import MTEBEncoder
 
     workdir, summary = finetuned
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(t.replace("\n", " ") for t in TEXTS) + "\n")
-    encode.main(["--model", summary["export_dir"], "--input", str(texts), "--output", str(tmp_path / "e.npy"),
+    encode_cli.main(["--model", summary["export_dir"], "--input", str(texts), "--output", str(tmp_path / "e.npy"),
                  "--max-length", "64"])
     assert np.load(tmp_path / "e.npy").shape == (len(TEXTS), 576)
 
-    rows = ev.main(["--model", str(workdir), "--tasks", "SICK-R", "--max-examples", "50", "--max-length", "64",
+    rows = evaluate_cli.main(["--model", str(workdir), "--tasks", "SICK-R", "--max-examples", "50", "--max-length", "64",
                     "--output", str(tmp_path / "r.json")])
     assert rows[0]["value"] is not None
 
@@ -111,8 +113,8 @@ def test_encode_evaluate_mine_and_mteb_adapter_on_the_workdir(finetuned, tmp_pat
 
 def test_plan_compiles_the_imported_base_for_a_tpu_slice(smollm2_base):
     """`plan` reads the architecture from the imported directory: 30 layers, 49k tied vocabulary, 3 KV heads."""
-    from qzhou_jax import plan
-    from tests.test_plan import _tpu
+    from qzhou_jax.train import plan
+    from tests.train.test_plan import _tpu
 
     _tpu("v5p:2x2x1")
     cfg = train.load_config("configs/smollm2.py:demo:stage1", [f"--config.model.hf_dir={smollm2_base}"])

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from qzhou_jax.data import presets, shared_data
-from qzhou_jax.train import load_config
+from qzhou_jax.train.loop import load_config
 
 RECIPE = shared_data.data_dir().parent / "RECIPE.md"
 TASK_OF_PRESET = {d["name"]: task for task, entries in (("retrieval", presets.retrieval()),

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from qzhou_jax import train
+from qzhou_jax.train import loop as train
 
 COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=2", "--config.checkpoint.keep=3",
           "--config.export.at_end=False", "--config.plot=False", "--config.eval.tasks=()",

@@ -22,7 +22,6 @@ refused here as in training; the manifest records the counts, which training rep
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import filecmp
 import hashlib
@@ -30,7 +29,6 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from qzhou_jax import atomic, cli_errors
+from qzhou_jax import atomic
 from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.data import hub, prepared
 from qzhou_jax.data.errors import SkipCounter
@@ -317,38 +315,7 @@ def prepare(data_config, out: str | Path, *, shard: tuple[int, int] = (0, 1), wo
     return results
 
 
-def _shard_arg(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
-    return i, n
+if __name__ == "__main__":  # `python -m qzhou_jax.data.prepare`: the command is qzhou_jax/cli/prepare.py
+    from qzhou_jax.cli.prepare import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from qzhou_jax.config import parse_config_args
-    from qzhou_jax.data.inspect import data_block
-    from qzhou_jax.eval.tasks import evaluation_texts
-
-    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.data.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config file with get_config() ('file.py:arg' passes arg)")
-    parser.add_argument("--out", required=True, help="output folder (one sub-folder per dataset)")
-    parser.add_argument("--shard", type=_shard_arg, default=(0, 1), help="I/N: this host's share of the datasets")
-    parser.add_argument("--workers", type=int, default=1, help="datasets prepared in parallel processes")
-    parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
-    parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
-                        help="records per ArrayRecord chunk (1 = Grain's advice; see docs/data.md)")
-    cli_errors.add_debug_flag(parser)
-    args, cfg = parse_config_args(parser, argv)
-    if args.group_size < 1:
-        parser.error(f"--group-size {args.group_size}: need at least 1 record per chunk")
-    with cli_errors.reported(args.debug):  # bad rows, too many skipped, another prepare's folder: one line, exit 2
-        data = data_block(cfg)
-        prepare(data, args.out, shard=args.shard, workers=args.workers, records_per_shard=args.records_per_shard,
-                group_size=args.group_size, log=lambda msg: print(msg, flush=True),
-                evaluation_texts=evaluation_texts)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qzhou_jax.cli_errors import UsageError
-from qzhou_jax.config_base import DATA as _DATA_DEFAULTS, plain_default
+from qzhou_jax.config.defaults import DATA as _DATA_DEFAULTS, plain_default
 from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
 from qzhou_jax.data.shared_data import SHARED_DATASETS
 

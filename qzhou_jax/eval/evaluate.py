@@ -16,12 +16,10 @@ values are null). The table prints each task's main score x100, as MTEB's leader
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,10 +27,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qzhou_jax import cli_errors, run_meta
+from qzhou_jax.run import meta as run_meta
 from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.eval import TextEncoder
-from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError, display_name, load_st_encoder
+from qzhou_jax.eval.st_encoder import ST_PREFIX, display_name, load_st_encoder
 from qzhou_jax.eval.tasks import TASKS, Task, get_tasks
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ def load_encoder(spec: str, *, dtype: str = "float32", max_length: int = 512, ba
         if step is not None:
             raise UsageError(f"{spec}: --step applies to training workdirs only")
         return load_st_encoder(spec, use_instructions=st_instructions, max_length=max_length, batch_size=batch_size)
-    from qzhou_jax import checkpoint
+    from qzhou_jax.run import checkpoint
     from qzhou_jax.encode import Encoder
     from qzhou_jax.tokenizer import load_tokenizer
 
@@ -196,34 +194,6 @@ def write_json(rows: Sequence[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-# ==================================================================================================== CLI
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True,
-                        help="HF/export dir, training workdir, random:<preset>, or st:<dir or known name>")
-    parser.add_argument("--compare", default=None, help="a second model, shown side by side (same forms)")
-    parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all': {', '.join(TASKS)}")
-    parser.add_argument("--output", required=True, help="results JSON: [{model, task, split, metric, value}]")
-    parser.add_argument("--split", default=None, help="e.g. dev or test (default: each task's evaluation split; "
-                                                      "tasks without the split use theirs)")
-    parser.add_argument("--max-examples", type=int, default=0, help="deterministic subsample per task (0 = all)")
-    parser.add_argument("--instructions", default=None, help="JSON {task: instruction or null} overriding prompts")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="tokens per text (truncated beyond); st: models keep their own limit when lower")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a --model workdir")
-    parser.add_argument("--compare-step", type=int, default=None, help="checkpoint step of a --compare workdir")
-    parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
-    parser.add_argument("--st-instructions", action="store_true",
-                        help="give st: models our instructions as sentence-transformers prompts (default: plain texts)")
-    cli_errors.add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    cli_errors.setup_logging(args.debug)
-    with cli_errors.reported(args.debug):
-        return _main(args)
-
-
 def model_name(spec: str, step: int | None, st_instructions: bool, taken: list[str]) -> str:
     """A --model / --compare column's name: the spec, @step for a chosen checkpoint, how an st: model is prompted,
     and "(again)" when the same name is already a column."""
@@ -232,28 +202,7 @@ def model_name(spec: str, step: int | None, st_instructions: bool, taken: list[s
     return name if name not in taken else f"{name} (again)"
 
 
-def _main(args) -> list[dict]:
-    try:
-        tasks = get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
-    except KeyError as e:
-        raise UsageError(f"--tasks {args.tasks}: {e.args[0]}") from None
-    rows, names = [], []
-    for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
-        if spec is None:
-            continue
-        name = model_name(spec, step, args.st_instructions, names)
-        names.append(name)
-        try:
-            encoder = load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
-                                   step=step, seed=args.seed, st_instructions=args.st_instructions)
-        except ModelSpecError as e:  # an st: model that is not there: name the flag (other paths name themselves)
-            raise UsageError(f"{flag}: {e}") from None
-        rows += evaluate(encoder, tasks, split=args.split, max_examples=args.max_examples, model_name=name)
-    write_json(rows, args.output)
-    print(results_table(rows), flush=True)
-    print(f"wrote {args.output}", file=sys.stderr)
-    return rows
+if __name__ == "__main__":  # `python -m qzhou_jax.eval.evaluate`: the command is qzhou_jax/cli/evaluate.py
+    from qzhou_jax.cli.evaluate import main
 
-
-if __name__ == "__main__":
     main()

@@ -24,19 +24,16 @@ The JSON rows and the table are evaluate's (write_json, results_table); the tabl
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 import time
 import warnings
 from typing import Any, Sequence
 
-from qzhou_jax import cli_errors
 from qzhou_jax.cli_errors import UsageError  # a bad --tasks value (task_names), a missing model: one line, exit 2
 from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.eval import tasks as qt
-from qzhou_jax.eval.st_encoder import ST_PREFIX, ModelSpecError
+from qzhou_jax.eval.st_encoder import ST_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +47,7 @@ _MTEB_SPLIT_NAMES = {"dev": "validation"}
 _SUPERSEDED = r".*is superseded by"  # mteb warns (log and warning) per v1 task; the choice is deliberate, see above
 
 
-class _DropSuperseded(logging.Filter):
+class DropSuperseded(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "is superseded by" not in record.getMessage()
 
@@ -174,61 +171,7 @@ def main_metrics(names: Sequence[str]) -> dict[str, str]:
     return {name: mteb.get_task(MTEB_TASKS[name]).metadata.main_score for name in names}
 
 
-# =================================================================================================== CLI
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.eval.mteb_local", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True,
-                        help="HF/export dir, training workdir, random:<preset>, or st:<dir or known name>")
-    parser.add_argument("--compare", default=None, help="a second model, shown side by side (same forms)")
-    parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all': {', '.join(MTEB_TASKS)}")
-    parser.add_argument("--output", required=True, help="results JSON: [{model, task, split, metric, value}]")
-    parser.add_argument("--max-examples", type=int, default=0, help="evaluate's deterministic subsample (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="tokens per text (truncated beyond); st: models keep their own limit when lower")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a --model workdir")
-    parser.add_argument("--compare-step", type=int, default=None, help="checkpoint step of a --compare workdir")
-    parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
-    parser.add_argument("--st-instructions", action="store_true",
-                        help="give st: models our instructions as prompts (default: plain texts)")
-    cli_errors.add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    # force: importing mteb's dependencies has configured the root logger already, which would hide ours.
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", force=True)
-    for noisy in ("mteb", "datasets", "sentence_transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)  # per-batch / per-phase chatter at INFO
-    logging.getLogger("mteb.abstasks.abstask").addFilter(_DropSuperseded())
-    with cli_errors.reported(args.debug):
-        return _main(args)
+if __name__ == "__main__":  # `python -m qzhou_jax.eval.mteb_local`: the command is qzhou_jax/cli/mteb_local.py
+    from qzhou_jax.cli.mteb_local import main
 
-
-def _main(args) -> list[dict]:
-    if args.max_examples < 0:
-        raise UsageError(f"--max-examples must be >= 0 (0 = all), got {args.max_examples}")
-    try:
-        names = task_names(args.tasks)  # before loading any model
-    except UsageError as e:
-        raise UsageError(f"--tasks: {e}") from None
-
-    rows, model_names = [], []
-    for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
-        if spec is None:
-            continue
-        name = ev.model_name(spec, step, args.st_instructions, model_names)
-        model_names.append(name)
-        try:
-            model = load_model(spec, st_instructions=args.st_instructions, max_length=args.max_length,
-                               batch_size=args.batch_size, dtype=args.dtype, step=step, seed=args.seed)
-        except (ModelSpecError, FileNotFoundError) as e:
-            raise UsageError(f"{flag}: {cli_errors.message(e)}") from None
-        rows += evaluate(model, names, max_examples=args.max_examples, model_name=name, batch_size=args.batch_size)
-    ev.write_json(rows, args.output)
-    print(ev.results_table(rows, main_metrics(names)), flush=True)
-    print(f"wrote {args.output}", file=sys.stderr)
-    return rows
-
-
-if __name__ == "__main__":
     main()

@@ -31,7 +31,6 @@ Padding never changes an embedding (pads are masked), so the pad choice only mat
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -44,7 +43,6 @@ from typing import Iterator
 
 import numpy as np
 
-from qzhou_jax import cli_errors
 from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.hf.tokenizer_files import save_tokenizer
 
@@ -424,27 +422,7 @@ def _stored_dtype(config: dict) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-# ------------------------------------------------------------------------------------------------------ CLI
-def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m qzhou_jax.hf.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("--from", dest="src", required=True,
-                        help=f"a .gguf file, an HF Llama/Mistral/Qwen2 directory, or one of {sorted(KNOWN_BASES)}")
-    parser.add_argument("--out", required=True, help="the Qwen2 HF directory to write (model.hf_dir)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="weights dtype (auto: float32 for GGUF, the stored dtype for HF directories)")
-    parser.add_argument("--pad-token", default=None, help="pad token (default: the source's, unless it is EOS)")
-    parser.add_argument("--eos-token", default=None, help="EOS token (default: the source's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
-    parser.add_argument("--max-shard-size", type=float, default=5e9, help="bytes per safetensors shard")
-    cli_errors.add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    cli_errors.setup_logging(args.debug)
-    with cli_errors.reported(args.debug):  # ConvertError, a missing or unwritable path: one line, exit 2 or 1
-        out = convert(args.src, args.out, dtype=args.dtype, pad_token=args.pad_token, eos_token=args.eos_token,
-                      overwrite=args.overwrite, max_shard_bytes=args.max_shard_size)
-    print(f"wrote {out} (model.hf_dir={out})")
-    return out
+if __name__ == "__main__":  # `python -m qzhou_jax.hf.convert`: the command is qzhou_jax/cli/convert.py
+    from qzhou_jax.cli.convert import main
 
-
-if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import json
 import jax
 import numpy as np
 
-from qzhou_jax import checkpoint
+from qzhou_jax.run import checkpoint
 from qzhou_jax.encode import Encoder
 from qzhou_jax.model import ModelConfig
 from qzhou_jax.tokenizer import load_tokenizer
@@ -19,7 +19,7 @@ from qzhou_jax.tokenizer import load_tokenizer
 
 def load_encoder(model_dir: str, *, max_length: int = 512, batch_size: int = 32, dtype: str = "float32") -> Encoder:
     if checkpoint.is_workdir(model_dir):
-        from qzhou_jax import run_meta  # the prompt and tokenizer a run records in its checkpoint meta
+        from qzhou_jax.run import meta as run_meta  # the prompt and tokenizer a run records in its checkpoint meta
 
         params, config, meta = checkpoint.restore_params(model_dir)
         tokenizer = load_tokenizer(run_meta.tokenizer_from_meta(meta, model_dir))

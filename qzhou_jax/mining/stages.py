@@ -17,8 +17,8 @@ import os
 
 import jax
 
-from qzhou_jax import checkpoint
-from qzhou_jax.config_base import REQUIRED
+from qzhou_jax.run import checkpoint
+from qzhou_jax.config.defaults import REQUIRED
 from qzhou_jax.data import pipeline
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.formats import RETRIEVAL

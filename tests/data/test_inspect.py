@@ -5,6 +5,7 @@ import pytest
 
 from qzhou_jax.config import load_config
 from qzhou_jax.data import inspect as data_inspect
+from qzhou_jax.cli import inspect as inspect_cli
 
 
 def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, tokenizer, capsys):
@@ -30,7 +31,7 @@ def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, 
             return config
         """))
     assert load_config(f"{tmp_path}/cfg.py:1.0").data.alpha == 1.0
-    rc = data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--batches", "2", "--hist-batches", "6",
+    rc = inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--batches", "2", "--hist-batches", "6",
                             "--tokenizer", str(tmp_path / "tok")])
     out = capsys.readouterr().out
     assert rc == 0
@@ -41,14 +42,14 @@ def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, 
     assert "== dataset share" in out
 
     # --config.* overrides work as in training (the one loader); anything else is refused.
-    rc = data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--config.data.alpha=1.0", "--batches", "1",
+    rc = inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--config.data.alpha=1.0", "--batches", "1",
                             "--hist-batches", "1", "--tokenizer", str(tmp_path / "tok")])
     assert rc == 0 and "== mixture (alpha=1.0, eta=None)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--bogus=1"])
+        inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--bogus=1"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # a bad override: usage and the key, exit 2 (qzhou_jax/config.py)
-        data_inspect.main(["--config", f"{tmp_path}/cfg.py", "--config.data.no_such_key=1"])
+        inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--config.data.no_such_key=1"])
     assert stop.value.code == 2 and "no_such_key" in capsys.readouterr().err
 
 

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qzhou_jax import losses, train_step
+from qzhou_jax import losses
+from qzhou_jax.train import step as train_step
 from qzhou_jax.data import packing
 from qzhou_jax.model import init_params, preset
 
@@ -211,8 +212,8 @@ def test_pipeline_packs_the_same_batches(tmp_path, tokenizer, write_jsonl):
 def test_trainer_with_packing_matches_padded_first_step(tmp_path):
     """train.run on the demo config (8 fake devices) with data.packing: same first-step loss and token count as
     the padded run (fp32), and it keeps training."""
-    from qzhou_jax import train
-    from qzhou_jax.metrics_writer import read_metrics
+    from qzhou_jax.train import loop as train
+    from qzhou_jax.train.metrics import read_metrics
 
     rows = {}
     for packed, chunks in ((0, 0), (256, 0), (256, 2)):  # (256, 2): GradCache over packed rows

@@ -109,7 +109,7 @@ def test_records_are_read_lazily_and_per_host(tmp_path, write_jsonl):
 
 SLOW_PREPARE = """
 import sys, time
-import qzhou_jax.data.prepare as p
+import qzhou_jax.cli.prepare as p
 write = p._write_shard
 def slow(*args):
     time.sleep(0.3)
@@ -274,7 +274,7 @@ def test_group_size_is_recorded_and_grains_advisory_is_silenced_for_prepared_sha
 
 
 def test_group_size_below_one_is_a_usage_error_naming_the_flag(tmp_path, write_jsonl, capsys):
-    from qzhou_jax.data.prepare import main
+    from qzhou_jax.cli.prepare import main
 
     write_inputs(tmp_path, write_jsonl)
     cfg = write_config_file(tmp_path, in_memory_config(tmp_path))
@@ -311,9 +311,11 @@ def train_config_file(path, datasets, **data):
 
 def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prepared_skips(
         tmp_path, write_jsonl, tokenizer, capsys):
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
+    from qzhou_jax.cli import train as train_cli
     from qzhou_jax.data import inspect as data_inspect
-    from qzhou_jax.data.prepare import main as prepare_main
+    from qzhou_jax.cli import inspect as inspect_cli
+    from qzhou_jax.cli.prepare import main as prepare_main
 
     rows = [{"query": f"what is {WORDS[i % len(WORDS)]} {i}", "pos": [f"{WORDS[(i + 3) % len(WORDS)]} passage {i}"]}
             for i in range(100)]
@@ -345,7 +347,7 @@ def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prep
     datasets = [dict(name="ret", source=f"prepared:{out}/ret")]
     train_cfg = train_config_file(tmp_path / "train_cfg.py", datasets)
     with pytest.raises(SystemExit) as stop:
-        train.main(["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])
+        train_cli.main(["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"dataset 'ret' (prepared:{out}/ret, split 'train'): {refused}" in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
@@ -353,7 +355,7 @@ def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prep
     # ... and reports them, as it does for data read in memory (train prints info.skipped.report()).
     (tmp_path / "p").mkdir()
     pcfg = write_config_file(tmp_path / "p", dict(data, datasets=datasets, max_skipped_fraction=0.05))
-    assert data_inspect.main(["--config", str(pcfg), *inspect_args]) == 0
+    assert inspect_cli.main(["--config", str(pcfg), *inspect_args]) == 0
     printed = capsys.readouterr().out
     assert "ret: 2 rows skipped" in printed and "malformed JSON" in printed and "field 'query' is missing" in printed
     _, info = build_pipeline(load_config(str(pcfg)).data, None, process_index=0, process_count=1)
@@ -378,9 +380,11 @@ def _same_files(a, b):
 
 def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_them(
         tmp_path, write_jsonl, tokenizer, capsys):
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
+    from qzhou_jax.cli import train as train_cli
     from qzhou_jax.data import inspect as data_inspect
-    from qzhou_jax.data.prepare import main as prepare_main
+    from qzhou_jax.cli import inspect as inspect_cli
+    from qzhou_jax.cli.prepare import main as prepare_main
 
     write_inputs(tmp_path, write_jsonl)
     config = in_memory_config(tmp_path)
@@ -421,7 +425,7 @@ def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_the
         _same_files(tmp_path / "out" / name, tmp_path / "clean" / name)
     assert prepare_main(argv) == 0
     assert "ret: already prepared (60 samples, 4 shards verified)" in capsys.readouterr().out
-    assert data_inspect.main(["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]) == 0
+    assert inspect_cli.main(["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]) == 0
 
     # A folder prepared before shards were recorded in the manifest: rebuilt, compared, and the digests added.
     manifest = json.loads((ret / "manifest.json").read_text())
@@ -438,7 +442,8 @@ def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_the
 def test_flipped_bytes_name_their_shard_when_read_fail_the_full_check_and_are_repaired(
         tmp_path, write_jsonl, capsys):
     from qzhou_jax.data import inspect as data_inspect
-    from qzhou_jax.data.prepare import main as prepare_main
+    from qzhou_jax.cli import inspect as inspect_cli
+    from qzhou_jax.cli.prepare import main as prepare_main
 
     rng = np.random.default_rng(0)
     write_jsonl(tmp_path / "ret.jsonl", [{"query": sentence(rng, 8), "pos": [sentence(rng, 30)]} for _ in range(3000)])
@@ -470,7 +475,7 @@ def test_flipped_bytes_name_their_shard_when_read_fail_the_full_check_and_are_re
     (tmp_path / "p").mkdir()
     prepared_cfg = write_config_file(tmp_path / "p", dict(prepared_config(config, tmp_path / "out"), verify="quick"))
     with pytest.raises(SystemExit) as stop:
-        data_inspect.main(["--config", str(prepared_cfg), "--config.data.verify=full"])
+        inspect_cli.main(["--config", str(prepared_cfg), "--config.data.verify=full"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"{shard} (shard 1 of 1): content differs from the manifest's sha256" in err
 

@@ -82,7 +82,7 @@ def test_trainer_logs_evaluations_and_plots_them(tmp_path):
     import json
     import os
 
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
 
     spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
     demo = importlib.util.module_from_spec(spec)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from qzhou_jax import checkpoint
+from qzhou_jax.run import checkpoint
 from qzhou_jax.data import shared_data
 from qzhou_jax.eval import evaluate as ev
+from qzhou_jax.cli import evaluate as evaluate_cli
 from qzhou_jax.eval import tasks
 from qzhou_jax.tokenizer import format_query, load_tokenizer
 from tests import oracle
@@ -30,7 +31,7 @@ def hf_dirs(tmp_path_factory):
 def all_tasks_run(hf_dirs, tmp_path_factory):
     (model_dir, _), _ = hf_dirs
     out = tmp_path_factory.mktemp("results") / "results.json"
-    rows = ev.main(["--model", model_dir, "--tasks", "all", "--output", str(out)] + COMMON)
+    rows = evaluate_cli.main(["--model", model_dir, "--tasks", "all", "--output", str(out)] + COMMON)
     return model_dir, out, rows
 
 
@@ -67,7 +68,7 @@ def test_table_prints_each_main_score_x100(all_tasks_run, capsys):
 def test_sts_score_matches_the_torch_oracle(hf_dirs, tmp_path):
     (model_dir, torch_model), _ = hf_dirs
     out = tmp_path / "r.json"
-    rows = ev.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", str(out)] + COMMON)
+    rows = evaluate_cli.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", str(out)] + COMMON)
     pairs = shared_data.read_sts("stsb", "test")
     keep = tasks.subsample(len(pairs), 8)
     tokenizer = load_tokenizer()
@@ -86,7 +87,7 @@ def test_sts_score_matches_the_torch_oracle(hf_dirs, tmp_path):
 def test_compare_puts_two_models_side_by_side(hf_dirs, tmp_path, capsys):
     (a, _), (b, _) = hf_dirs
     out = tmp_path / "cmp.json"
-    rows = ev.main(["--model", a, "--compare", b, "--tasks", "STSBenchmark,TrecQAReranking",
+    rows = evaluate_cli.main(["--model", a, "--compare", b, "--tasks", "STSBenchmark,TrecQAReranking",
                     "--output", str(out)] + COMMON)
     printed = capsys.readouterr().out
     assert {r["model"] for r in rows} == {a, b}
@@ -96,7 +97,7 @@ def test_compare_puts_two_models_side_by_side(hf_dirs, tmp_path, capsys):
     assert f"{100 * sa['STSBenchmark']:.2f}" in line and f"{100 * sb['STSBenchmark']:.2f}" in line
     assert f"{100 * (sb['STSBenchmark'] - sa['STSBenchmark']):+.2f}" in line
     assert f"A: {a}" in printed and f"B: {b}" in printed
-    single = ev.main(["--model", a, "--tasks", "STSBenchmark", "--output", str(tmp_path / "one.json")] + COMMON)
+    single = evaluate_cli.main(["--model", a, "--tasks", "STSBenchmark", "--output", str(tmp_path / "one.json")] + COMMON)
     assert _main_scores(single)["STSBenchmark"] == pytest.approx(sa["STSBenchmark"], abs=1e-6)
 
 
@@ -117,10 +118,10 @@ def test_workdir_model_restores_params_and_recorded_tokenizer(hf_dirs, tmp_path,
 
     monkeypatch.setattr(checkpoint, "restore_params", fake_restore)
     with pytest.warns(UserWarning, match="moved_away.*built-in"):
-        rows = ev.main(["--model", str(workdir), "--step", "7", "--tasks", "STSBenchmark",
+        rows = evaluate_cli.main(["--model", str(workdir), "--step", "7", "--tasks", "STSBenchmark",
                         "--output", str(tmp_path / "w.json")] + COMMON)
     assert calls == [(str(workdir), 7)] and rows[0]["model"] == f"{workdir}@7"
-    direct = ev.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", str(tmp_path / "d.json")] + COMMON)
+    direct = evaluate_cli.main(["--model", model_dir, "--tasks", "STSBenchmark", "--output", str(tmp_path / "d.json")] + COMMON)
     assert _main_scores(rows)["STSBenchmark"] == pytest.approx(_main_scores(direct)["STSBenchmark"], abs=1e-5)
     # --dtype (default float32) sets the compute dtype over the run's bf16: the HF directory's embeddings exactly
     with pytest.warns(UserWarning):
@@ -142,7 +143,7 @@ def test_bad_models_are_reported_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a training workdir.*stage1"):
         ev.load_encoder(str(tmp_path))
     with pytest.raises(SystemExit) as stop:  # the CLI: one line, exit 2 (test_cli_usage_errors_... below)
-        ev.main(["--model", "random:demo", "--tasks", "NoSuchTask", "--output", str(tmp_path / "x.json")])
+        evaluate_cli.main(["--model", "random:demo", "--tasks", "NoSuchTask", "--output", str(tmp_path / "x.json")])
     assert stop.value.code == 2
 
 
@@ -157,7 +158,7 @@ def test_trained_workdir_and_random_baseline(tmp_path):
     """A real 2-step training run (configs/demo.py:stage1) evaluated against the untrained random:demo baseline."""
     import importlib.util
 
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
 
     spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
     demo = importlib.util.module_from_spec(spec)
@@ -166,7 +167,7 @@ def test_trained_workdir_and_random_baseline(tmp_path):
     cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every = 2, 1, 2
     cfg.export.at_end, cfg.plot = False, False
     train.run(cfg, str(tmp_path / "run"))
-    rows = ev.main(["--model", "random:demo", "--compare", str(tmp_path / "run"), "--tasks", "STSBenchmark,SciFact",
+    rows = evaluate_cli.main(["--model", "random:demo", "--compare", str(tmp_path / "run"), "--tasks", "STSBenchmark,SciFact",
                     "--output", str(tmp_path / "r.json")] + COMMON)
     assert {r["model"] for r in rows} == {"random:demo", str(tmp_path / "run")}
     assert all(v is not None and np.isfinite(v) for v in _main_scores(rows).values())
@@ -178,7 +179,7 @@ def test_briefly_trained_model_beats_its_untrained_self(tmp_path):
     queries above the very init the run started from (train.init_params, same seed)."""
     import importlib.util
 
-    from qzhou_jax import train
+    from qzhou_jax.train import loop as train
     from qzhou_jax.encode import Encoder
 
     spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
@@ -203,7 +204,7 @@ def test_briefly_trained_model_beats_its_untrained_self(tmp_path):
 def test_cli_usage_errors_are_one_line_naming_the_flag_or_path(tmp_path, capsys):
     def cli(*argv):
         with pytest.raises(SystemExit) as stop:
-            ev.main([*argv, "--output", str(tmp_path / "r.json")])
+            evaluate_cli.main([*argv, "--output", str(tmp_path / "r.json")])
         return stop.value.code, capsys.readouterr().err
 
     assert cli("--model", "random:demo", "--tasks", "SciFact,NoSuchTask") == (

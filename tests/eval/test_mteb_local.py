@@ -7,11 +7,13 @@ import json
 import pytest
 
 from qzhou_jax.eval import evaluate as ev
+from qzhou_jax.cli import evaluate as evaluate_cli
 from qzhou_jax.eval import tasks as qt
 from tests import oracle
 
 mteb = pytest.importorskip("mteb")
 from qzhou_jax.eval import mteb_local as ml  # noqa: E402
+from qzhou_jax.cli import mteb_local as mteb_cli
 
 MINILM = "st:all-MiniLM-L6-v2"
 needs_minilm = pytest.mark.skipif(
@@ -70,9 +72,9 @@ def test_tiny_qwen2_through_mteb_local_cli(tmp_path, capsys):
     model_dir = tmp_path / "tiny"
     oracle.make_hf_model(model_dir, "gqa", seed=0, **TINY)
     common = ["--tasks", "STSBenchmark,Ocnli", "--max-examples", "16", "--max-length", "48", "--batch-size", "8"]
-    rows = ml.main(["--model", str(model_dir), "--output", str(tmp_path / "m.json")] + common)
+    rows = mteb_cli.main(["--model", str(model_dir), "--output", str(tmp_path / "m.json")] + common)
     assert json.loads((tmp_path / "m.json").read_text()) == rows and {r["model"] for r in rows} == {str(model_dir)}
-    ours = _scores(ev.main(["--model", str(model_dir), "--output", str(tmp_path / "e.json")] + common))
+    ours = _scores(evaluate_cli.main(["--model", str(model_dir), "--output", str(tmp_path / "e.json")] + common))
     theirs = _scores(rows)
     assert theirs[("STSBenchmark", "main_score")] == ours[("STSBenchmark", "main_score")]
     assert theirs[("Ocnli", "cosine_ap")] == pytest.approx(ours[("Ocnli", "cosine_ap")], abs=1e-9)
@@ -89,6 +91,6 @@ def test_tiny_qwen2_through_mteb_local_cli(tmp_path, capsys):
 ])
 def test_usage_errors_are_one_line(argv, flag, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        ml.main(argv + ["--output", str(tmp_path / "x.json")])
+        mteb_cli.main(argv + ["--output", str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and f"error: {flag}" in err and message in err

@@ -9,6 +9,7 @@ import scipy.stats
 from qzhou_jax.data import shared_data
 from qzhou_jax.eval import TextEncoder
 from qzhou_jax.eval import evaluate as ev
+from qzhou_jax.cli import evaluate as evaluate_cli
 from qzhou_jax.eval import st_encoder as st
 from qzhou_jax.eval import tasks as qt
 from qzhou_jax.tokenizer import format_query
@@ -56,7 +57,7 @@ def test_instructions_as_prompts_embed_our_prompt_template(minilm):
 
 @needs_minilm
 def test_evaluate_cli_scores_minilm_as_a_direct_computation(minilm, tmp_path, capsys):
-    rows = ev.main(["--model", MINILM, "--tasks", "STSBenchmark", "--max-examples", str(N_PAIRS),
+    rows = evaluate_cli.main(["--model", MINILM, "--tasks", "STSBenchmark", "--max-examples", str(N_PAIRS),
                     "--output", str(tmp_path / "r.json")])
     name = f"{MINILM} (no instructions)"
     assert {r["model"] for r in rows} == {name} and f"model: {name}" in capsys.readouterr().out
@@ -78,7 +79,7 @@ def test_missing_models_are_one_line_usage_errors(tmp_path, monkeypatch, capsys)
         st.resolve_st_path("st:fake-model")
     for spec, flag in ((f"st:{tmp_path / 'missing'}", "--model"), ("st:fake-model", "--model")):
         with pytest.raises(SystemExit) as exit_info:
-            ev.main(["--model", spec, "--tasks", "STSBenchmark", "--output", str(tmp_path / "x.json")])
+            evaluate_cli.main(["--model", spec, "--tasks", "STSBenchmark", "--output", str(tmp_path / "x.json")])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and f"error: {flag}: {spec}" in err
     assert not (tmp_path / "x.json").exists()

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from qzhou_jax.hf import convert
+from qzhou_jax.cli import convert as convert_cli
 from qzhou_jax.hf.load import load_params
 from qzhou_jax.model import ModelConfig, hidden_states
 from qzhou_jax.tokenizer import load_tokenizer
@@ -97,22 +98,22 @@ def test_what_qwen2_cannot_compute_is_refused_by_name(tmp_path, overrides, match
 
 def test_cli_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        convert.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+        convert_cli.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and "no such file or directory" in err
     assert "Traceback" not in err and err.count("\n") == 1  # one line, no traceback unless --debug
     with pytest.raises(convert.ConvertError):
-        convert.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--debug"])
+        convert_cli.main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--debug"])
     (tmp_path / "w.bin").write_bytes(b"x")
     with pytest.raises(SystemExit):
-        convert.main(["--from", str(tmp_path / "w.bin"), "--out", str(tmp_path / "o")])
+        convert_cli.main(["--from", str(tmp_path / "w.bin"), "--out", str(tmp_path / "o")])
     assert "not .gguf" in capsys.readouterr().err
     oracle.make_llama_model(tmp_path / "src")
-    convert.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
+    convert_cli.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):  # an existing model is not replaced without --overwrite
-        convert.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
+        convert_cli.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
     assert "--overwrite" in capsys.readouterr().err
-    convert.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--overwrite"])
+    convert_cli.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--overwrite"])
 
 
 # ------------------------------------------------------------------------------------- the real SmolLM2 GGUF

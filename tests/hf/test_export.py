@@ -310,7 +310,7 @@ def test_bad_inputs_named(params, tmp_path, exported):
 
 
 def test_cli_reexports_hf_dir_in_bf16(exported, tmp_path):
-    from qzhou_jax import export as cli
+    from qzhou_jax.cli import export as cli
 
     (tmp_path / "src").mkdir()
     for name in ("config.json", "model.safetensors"):  # no tokenizer files: the built-in one is used
@@ -327,7 +327,7 @@ def test_cli_reexports_hf_dir_in_bf16(exported, tmp_path):
 
 
 def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
-    from qzhou_jax import export as cli
+    from qzhou_jax.cli import export as cli
 
     calls = []
 
@@ -336,7 +336,7 @@ def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
         return params, CONFIG, {"prompt": {"query_template": "Do {instruction}:", "sep": " "},
                                 "config": {"model": {"tokenizer": "", "hf_dir": ""}}, "step": 7}
 
-    from qzhou_jax import checkpoint
+    from qzhou_jax.run import checkpoint
 
     monkeypatch.setattr(checkpoint, "restore_params", restore_params)
     (tmp_path / "wd" / "checkpoints").mkdir(parents=True)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from qzhou_jax import mine as mine_cli
+from qzhou_jax.cli import mine as mine_cli
 from qzhou_jax.encode import Encoder
 from qzhou_jax.mining.cache import KILL_ENV, encode_cached
 from qzhou_jax.mining.corpus import build_corpus, read_corpus_file, read_rows

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qzhou_jax import mine as mine_cli
+from qzhou_jax.cli import mine as mine_cli
 from tests.mining.conftest import INSTRUCTION
 
 pytestmark = pytest.mark.slow

@@ -187,7 +187,7 @@ def test_window_beyond_corpus_is_an_error(tmp_path, data, encoder):
 
 def _cli(argv, capsys):
     """`python -m qzhou_jax.mine` as a user runs it: (exit status, stdout, stderr)."""
-    from qzhou_jax import mine as mine_cli
+    from qzhou_jax.cli import mine as mine_cli
 
     try:
         mine_cli.main(argv)

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from qzhou_jax import checkpoint, train
+from qzhou_jax.run import checkpoint
+from qzhou_jax.train import loop as train
 from qzhou_jax.encode import Encoder
 from qzhou_jax.mining.stages import mining_model, remine_for_stage
 from qzhou_jax.tokenizer import format_query, load_tokenizer

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from qzhou_jax import model as qmodel, optim
+from qzhou_jax import model as qmodel
+from qzhou_jax.train import optim
 from qzhou_jax.model.config import frozen_layers_for
 
 

@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from qzhou_jax import synthesize
+from qzhou_jax.cli import synthesize
 from qzhou_jax.data import shared_data
 from qzhou_jax.data.errors import SkipCounter
 from qzhou_jax.data.pipeline import load_datasets, load_samples, mixture_info

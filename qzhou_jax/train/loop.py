@@ -1,0 +1,438 @@
+"""The trainer: config -> mesh -> state -> data -> steps -> logs / checkpoints / evals -> export.
+
+    python -m qzhou_jax.train --config configs/stage2.py --workdir /tmp/run [--config.optim.lr=1e-5 ...]
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint (params, optimizer, step and the
+Grain iterator), so a preempted or crashed run continues exactly where its last checkpoint left it. The config is
+checked first (config_check.py), the workdir is locked (workdir_lock.py), SIGTERM / Ctrl-C save and stop the whole
+run (loop_guards.py), and a failed background save stops it at the next step. docs/robustness.md has the details.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from qzhou_jax import atomic, batch as batch_lib, losses, sharding
+from qzhou_jax.run import checkpoint
+from qzhou_jax.train import config_check
+from qzhou_jax.train import hardware
+from qzhou_jax.train import guards as loop_guards
+from qzhou_jax.train import optim
+from qzhou_jax import model as qmodel
+from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; train.load_config stays valid
+from qzhou_jax.config.defaults import REQUIRED
+from qzhou_jax.data import global_batch, pipeline as data_pipeline
+from qzhou_jax.data.spec import DataConfig
+from qzhou_jax.eval import tasks as eval_tasks
+from qzhou_jax.train.metrics import MetricsWriter, Progress
+from qzhou_jax.model import ModelConfig
+from qzhou_jax.model.config import frozen_layers_for
+from qzhou_jax.run import meta as run_meta
+from qzhou_jax.run.meta import prompt_config, run_metadata
+from qzhou_jax.tokenizer import check_vocab, load_tokenizer
+from qzhou_jax.train.step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn, mesh_context)
+from qzhou_jax.train.workdir_lock import WorkdirLock
+from qzhou_jax import cli_errors
+from qzhou_jax.cli_errors import RunFailed
+
+log = logging.getLogger("qzhou_jax.train")
+
+BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (qzhou_jax/batch.py)
+
+
+class NonFiniteError(RunFailed):
+    pass
+
+
+# ====================================================================================================== setup
+def build_model_config(cfg) -> ModelConfig:
+    m = cfg.model
+    overrides = {k: m[k] for k in ("attention", "pooling", "dtype", "param_dtype", "remat_policy", "scan_layers",
+                                   "attention_impl")
+                 if m.get(k) is not None}
+    config = ModelConfig.from_hf(m.hf_dir, **overrides) if m.get("hf_dir") else qmodel.preset(m.preset, **overrides)
+    try:
+        return config.replace(frozen_layers=frozen_layers_for(m.get("trainable", "all"), config.num_layers))
+    except ValueError as e:
+        raise config_check.ConfigError("model.trainable", m.get("trainable"), str(e)) from None
+
+
+def peak_flops(cfg) -> float | None:
+    """Per-device bf16 peak for MFU: train.peak_flops_per_device, else qzhou_jax/hardware.py's table."""
+    return hardware.peak_flops(jax.devices()[0].device_kind, cfg.train.get("peak_flops_per_device") or 0.0)
+
+
+def init_params(cfg, model_config: ModelConfig, shardings=None):
+    """Initial params: a stage-1 workdir or an HF dir (`init_from`), else ("" or "base") the HF base model, else
+    random."""
+    source = cfg.get("init_from") or ""
+    if source == REQUIRED:
+        raise config_check.ConfigError("init_from", source, "set it to a stage-1 workdir, an HF dir, or 'base'")
+    if source == "base":
+        source = ""
+    if source and checkpoint.is_workdir(source):
+        params, _, meta = checkpoint.restore_params(source, shardings=shardings)
+        log.info("initialised params from workdir %s (step %s)", source, meta.get("step"))
+        return params
+    hf_dir = source or cfg.model.get("hf_dir")
+    if hf_dir:
+        from qzhou_jax.hf.load import load_params
+        log.info("loading HF weights from %s", hf_dir)
+        return load_params(hf_dir, model_config, shardings)
+    init = jax.jit(lambda rng: qmodel.init_params(model_config, rng), out_shardings=shardings)
+    return init(jax.random.key(cfg.train.seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class StateAndSteps:
+    """What the loop and the planner share (`build_state_and_steps`); nothing in it is allocated."""
+
+    rules: sharding.ShardingRules
+    tx: Any                      # the optax transformation
+    abstract_state: Any          # ShapeDtypeStructs carrying their shardings
+    steps: dict[str, Any]        # task type -> step function
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """One step as the log window keeps it until the next log line."""
+
+    task: str
+    dataset_id: int
+    metrics: dict[str, Any]      # device arrays, fetched at the next log line
+    anchor_shape: tuple[int, ...]
+    cand_shape: tuple[int, ...]
+
+
+def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks) -> StateAndSteps:
+    """What the loop and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
+    step function per task type. Nothing is allocated."""
+    rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(model_config))
+    update_mask = (lambda params: qmodel.trainable_mask(params, model_config)) if model_config.frozen_layers else None
+    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps), update_mask=update_mask)
+    state, state_shardings = abstract_state(model_config, tx, rules)
+    loss_config = losses.loss_config_from(cfg.loss)
+    chunks = cfg.train.gradcache_chunks
+    batch_sizes = DataConfig.from_config(cfg.data).batch_size
+    for task in sorted(set(tasks)):
+        problem = gradcache_balance(int(batch_sizes[task]), chunks, rules.batch_devices)
+        if problem:
+            log.warning("%s: %s", task, problem)
+    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
+                                gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
+             for task in sorted(set(tasks))}
+    return StateAndSteps(rules, tx, state, steps)
+
+
+def to_device_batch(host_batch, rules) -> batch_lib.Batch:
+    """This host's numpy batch -> the global typed Batch, each field sharded as its logical axes say."""
+    names = [n for n in batch_lib.FIELDS if host_batch.get(n) is not None]
+    arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, names))
+    return batch_lib.Batch.from_host(arrays)
+
+
+class CompiledSteps:
+    """A compile cache plus a cross-host barrier: the loop's step functions, each (task, batch shapes) compiled
+    ahead of its first run, once.
+
+    The compile time is logged (minutes for a 7B step on a pod; otherwise that step just looks slow), and with
+    several processes the hosts meet at a barrier before running a new program: hosts that reach its collectives
+    far apart (one compiles from the persistent cache, another from scratch, or on a busier machine) can time out,
+    and with Gloo on CPU (jax 0.10) a reduce-scatter reached more than 30 s apart hangs for good
+    (jax-ml/jax#40831, reproduced here). The barrier is an all-gather, which waits.
+    """
+
+    def __init__(self, steps: dict[str, Any], mesh):
+        self.steps, self.mesh, self.compiled = steps, mesh, {}
+
+    def __call__(self, task: str, state, batch: batch_lib.Batch):
+        leaves, tree = jax.tree.flatten(batch)
+        key = (task, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
+        fn = self.compiled.get(key)
+        if fn is None:
+            t = time.time()
+            with mesh_context(self.mesh):
+                fn = self.steps[task].jitted_for(batch).lower(state, batch).compile()
+            log.info("compiled the %s step for %s in %.1fs", task,
+                     {k: tuple(v.shape) for k, v in batch.present().items()}, time.time() - t)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices(f"qzhou_jax.train: step program {len(self.compiled)} compiled")
+            self.compiled[key] = fn
+        return fn(state, batch)
+
+
+# ====================================================================================================== run
+AfterStep = Callable[[int, Any], None]  # (step, checkpoint manager): a test's fault injection point
+
+
+def run(cfg, workdir: str, *, after_step: AfterStep | None = None) -> dict[str, Any]:
+    """Trains per `cfg` in `workdir`; returns a summary (final step, last losses, export dir). Tests call this.
+
+    A config with `stages` (e.g. configs/demo.py) runs each stage in `workdir/<name>`, every stage after the
+    first initialised from the previous stage's final params (unless it sets its own `init_from`). A stage
+    stopped by SIGTERM / Ctrl-C stops the whole run; rerunning finishes it, then runs the stages after it (a
+    finished stage, marked by its `done.json`, is not run again).
+    """
+    config_check.check(cfg, device_count=jax.device_count(), process_count=jax.process_count())
+    if not cfg.get("stages"):
+        return _run_locked(cfg, workdir, after_step)
+    summaries, previous = {}, None
+    for name, stage in cfg.stages.items():
+        stage = stage.copy_and_resolve_references()
+        if previous and stage.get("init_from") in ("", REQUIRED):
+            stage.init_from = previous
+        stage_dir = os.path.join(workdir, name)
+        print(f"==== {name} ====", flush=True)
+        summaries[name] = _completed(stage_dir, stage)
+        if not summaries[name]:
+            if stage.get("mine") and stage.mine.enabled:  # new hard negatives from the previous stage's model
+                from qzhou_jax.mining.stages import remine_for_stage
+                stage = remine_for_stage(stage, previous, stage_dir)
+            summaries[name] = _run_locked(stage, stage_dir, after_step)
+        if summaries[name].get("preempted"):
+            print(f"stopped during {name}; rerun the same command to finish it and the stages after it", flush=True)
+            return {"stages": summaries, **summaries[name]}
+        previous = stage_dir
+    return {"stages": summaries, **summaries[name]}
+
+
+def _completed(workdir: str, cfg) -> dict | None:
+    path = os.path.join(workdir, DONE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    if done.get("step") != int(cfg.train.steps):
+        return None
+    print(f"{workdir} already finished (step {done['step']}, {DONE}); not run again", flush=True)
+    return done
+
+
+DONE = "done.json"
+
+
+def _run_locked(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any]:
+    try:  # before any data loads or step compiles: an unwritable workdir would fail only at the first save
+        os.makedirs(workdir, exist_ok=True)
+        if not os.access(workdir, os.W_OK):
+            raise PermissionError(13, "not writable", workdir)
+    except OSError as e:
+        raise cli_errors.UsageError(f"--workdir: cannot write to {workdir} ({e.strerror or e})") from None
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_stage(cfg, workdir, after_step)
+
+
+def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any]:
+    t_setup = time.time()
+    model_config = build_model_config(cfg)
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+    log.info("mesh %s over %d devices (%s); model %.1fM params", dict(mesh.shape), mesh.size,
+             jax.devices()[0].device_kind, model_config.num_params() / 1e6)
+
+    total_steps = int(cfg.train.steps)
+    # ---- data: Grain mixture, one dataset per global batch, this host's slice
+    tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
+    check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
+    tokenizer_dir = _keep_tokenizer(tokenizer, workdir)
+    dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
+                                                 process_count=jax.process_count(),
+                                                 row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)),
+                                                 evaluation_texts=eval_tasks.evaluation_texts)
+    log.info("data mixture:\n%s", info.table())
+    if report := info.skipped.report():
+        print(f"skipped rows (per dataset and reason):\n{report}", flush=True)
+    data_iter = iter(dataset)
+
+    # ---- state and steps: every sharding from one rules object; one compiled step per task type
+    built = build_state_and_steps(cfg, model_config, mesh, info.tasks)
+    rules, tx, abstract_state = built.rules, built.tx, built.abstract_state
+    param_shardings = jax.tree.map(lambda a: a.sharding, abstract_state.params)
+    state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+
+    # ---- resume, or initialise
+    manager = checkpoint.make_manager(workdir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                      keep_best=cfg.checkpoint.keep_best, best_metric=cfg.checkpoint.best_metric,
+                                      async_save=cfg.checkpoint.async_save)
+    config_json = json.loads(cfg.to_json_best_effort())
+    if latest := checkpoint.latest_meta(manager):  # changed keys listed; a changed state structure refused
+        changes = config_check.check_resume(workdir, latest[0], latest[1], config_json,
+                                            checkpoint.state_shapes(abstract_state))
+        if changes:
+            print(f"resuming with {len(changes)} changed config key(s): " + "; ".join(
+                f"{k}: {old!r} -> {new!r}" for k, old, new in changes), flush=True)
+    restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
+    if restored is not None:
+        state, start_step, _ = restored
+        print(f"resuming from checkpoint step {start_step} in {workdir}", flush=True)
+    else:
+        params = init_params(cfg, model_config, param_shardings)
+        state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
+        start_step = 0
+    meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
+            "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg, tokenizer_dir)}
+
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    progress = Progress(total_steps, start_step)
+    evaluator = _make_evaluator(cfg, model_config, tokenizer)
+    stop = loop_guards.StopRequest(manager)
+    compiled_steps = CompiledSteps(built.steps, mesh)
+    stall = loop_guards.StallDetector(cfg.train.stall_steps)
+    peak = peak_flops(cfg)
+    log.info("setup took %.1fs; training steps %d -> %d", time.time() - t_setup, start_step, total_steps)
+
+    # ---- the loop
+    last_losses: list[float] = []
+    step, t_last, window, saved_step = start_step, time.time(), [], None
+
+    def save(metrics=None):  # at most once per step (a stop request right after a regular save)
+        nonlocal saved_step
+        if saved_step != step:
+            checkpoint.save(manager, step, state, data_iter, meta, force=True, metrics=metrics)
+            saved_step = step
+
+    try:
+        while step < total_steps:
+            checkpoint.check_background_save(manager)  # a failed async save stops the run now, not at the next
+            host_batch = next(data_iter)
+            dataset_id = int(host_batch["dataset_id"][0])
+            task = info.tasks[dataset_id]
+            batch = to_device_batch(host_batch, rules)
+            state, metrics = compiled_steps(task, state, batch)
+            step += 1
+            shapes = [batch.packed_ids.shape] * 2 if batch.packed else [batch.anchor_ids.shape, batch.cand_ids.shape]
+            window.append(StepRecord(task, dataset_id, metrics, *shapes))
+
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done
+                fetched = jax.device_get([(w.metrics["loss"], w.metrics["grad_norm"]) for w in window])
+                for i, (loss, grad_norm) in enumerate(fetched):
+                    stall.update(step - len(window) + 1 + i, float(loss), float(grad_norm))
+                scalars = _summarise(window, info, model_config, time.time() - t_last, mesh.size, peak)
+                _check_finite(scalars, cfg.train.max_consecutive_nonfinite)
+                last_losses.append(scalars["loss"])
+                writer.write(step, scalars)
+                print(progress.line(step, {**scalars, "task": task}), flush=True)
+                window = []
+
+            eval_metrics = None
+            if evaluator is not None and (step % cfg.eval.every == 0 or step == total_steps):
+                eval_metrics = evaluator(state.params)
+                writer.write(step, eval_metrics)
+                print("eval " + " | ".join(f"{k} {x:.4f}" for k, x in eval_metrics.items()), flush=True)
+            if step % cfg.checkpoint.every == 0 or step == total_steps:
+                save(eval_metrics)
+
+            if not window:  # throughput windows exclude evaluation and checkpoint time
+                t_last = time.time()
+            if after_step is not None:
+                after_step(step, manager)
+            if reason := stop.reached(step):
+                save()
+                _wait(manager)
+                print(f"{reason}: saved checkpoint at step {step}; exiting", flush=True)
+                return {"step": step, "preempted": True, "losses": last_losses, "workdir": workdir}
+
+        _wait(manager)
+        summary = {"step": step, "losses": last_losses, "workdir": workdir}
+        summary.update(_finish(cfg, workdir, state, model_config, tokenizer))
+        if jax.process_index() == 0:
+            atomic.write_json(os.path.join(workdir, DONE), summary)
+        return summary
+    finally:
+        stop.restore()
+        writer.close()
+
+
+def _keep_tokenizer(tokenizer, workdir: str) -> str:
+    """A copy of the run's tokenizer in its workdir, which the checkpoints record: export, evaluation and mining of
+    the run then need neither the base model's directory nor the built-in Qwen2.5 tokenizer."""
+    path = os.path.join(workdir, run_meta.TOKENIZER_DIR)
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
+        from qzhou_jax.hf.tokenizer_files import save_tokenizer
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_tokenizer(tokenizer, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def _wait(manager) -> None:
+    checkpoint.settle(manager)  # a failed last save names its step and path
+
+
+def _summarise(window, info, model_config, seconds, num_devices, peak) -> dict[str, float]:
+    fetched = jax.device_get([w.metrics for w in window])
+    scalars: dict[str, float] = {}
+    by_task: dict[str, list[float]] = {}
+    for w, m in zip(window, fetched):
+        by_task.setdefault(w.task, []).append(float(m["loss"]))
+        by_task.setdefault(f"dataset/{info.names[w.dataset_id]}", []).append(float(m["loss"]))
+    last = fetched[-1]
+    scalars["loss"] = float(np.mean([float(m["loss"]) for m in fetched]))
+    for key, values in by_task.items():
+        scalars[f"loss/{key}"] = float(np.mean(values))
+    for key in ("grad_norm", "learning_rate", "nonfinite_consecutive", "nonfinite_total"):
+        scalars[key] = float(last[key])
+    for key in ("accuracy", "top1_accuracy"):
+        if key in last:
+            scalars[key] = float(np.mean([float(m[key]) for m in fetched if key in m]))
+    scalars["masked_duplicates"] = sum(float(m.get("masked_duplicates", 0.0)) for m in fetched)  # over the window
+    for key in ("sim_spread", "pair_accuracy"):  # per task: a spread near 0 is representation collapse
+        for task in sorted({w.task for w in window}):
+            values = [float(m[key]) for w, m in zip(window, fetched) if w.task == task and key in m]
+            if values:
+                scalars[f"{key}/{task}"] = float(np.mean(values))
+    examples = sum(float(m["examples"]) for m in fetched)
+    tokens = sum(float(m["tokens"]) for m in fetched)
+    scalars.update(examples_per_s=examples / seconds, tokens_per_s=tokens / seconds)
+    flops = 0.0
+    for w, m in zip(window, fetched):
+        flops += batch_flops(model_config, {"anchor_ids": w.anchor_shape, "cand_ids": w.cand_shape},
+                             float(m["anchor_tokens"]), float(m["cand_tokens"]))
+    scalars["tflops_per_s_per_device"] = flops / seconds / num_devices / 1e12
+    if peak:
+        scalars["mfu"] = flops / seconds / num_devices / peak
+    return scalars
+
+
+def _check_finite(scalars, limit: int) -> None:
+    if scalars["nonfinite_consecutive"] >= limit:
+        raise NonFiniteError(f"{int(scalars['nonfinite_consecutive'])} non-finite losses/gradients in a row "
+                             f"({int(scalars['nonfinite_total'])} in all); stopping. Lower the learning rate, check the "
+                             f"data for empty texts, or use float32 compute.")
+    if scalars["nonfinite_total"] > 0:
+        log.warning("%d non-finite steps skipped so far", int(scalars["nonfinite_total"]))
+
+
+def _make_evaluator(cfg, model_config, tokenizer):
+    if not cfg.get("eval") or not cfg.eval.get("tasks"):
+        return None
+    from qzhou_jax.eval.during_training import make_evaluator
+    return make_evaluator(cfg.eval, model_config, tokenizer, prompt=prompt_config(cfg))
+
+
+def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cfg.get("export") and cfg.export.get("at_end"):
+        from qzhou_jax.hf.export import export_hf
+        export_dir = os.path.join(workdir, "export")
+        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True,
+                  prompt=prompt_config(cfg))
+        print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
+        out["export_dir"] = export_dir
+    if jax.process_index() == 0 and cfg.get("plot", True):
+        try:
+            from qzhou_jax.train.plots import plot_training
+            out["plot"] = plot_training(workdir)
+        except ImportError:
+            pass
+    return out
