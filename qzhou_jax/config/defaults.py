@@ -31,7 +31,7 @@ MODEL = dict(
     attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
     trainable="all",      # all | top:N (partial fine-tuning: top N layers + final norm; embedding frozen)
 )
-# Checked against losses.LossConfig's defaults by tests/test_config_base.py.
+# Checked against losses.LossConfig's defaults by tests/config/test_defaults.py.
 LOSS = dict(
     tau=0.02, cosent_tau=0.02, hard_negatives=True, in_batch_docs=True, query_query=True,
     doc_query=False, doc_doc=False, false_negative_margin=(None, float), matryoshka_dims=(None, tuple),

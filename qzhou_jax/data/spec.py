@@ -1,6 +1,6 @@
 """The data part of a training config (`config.data`, an ml_collections ConfigDict or plain dict), checked.
 
-config.data fields (defaults in brackets; the values live in qzhou_jax/config_base.py's DATA table):
+config.data fields (defaults in brackets; the values live in qzhou_jax/config/defaults.py's DATA table):
   datasets          list of dicts, one per dataset (fields below)
   alpha             sampling exponent: p_i proportional to weight_i * n_i^alpha [0.5]
   eta               stage-2 retrieval share, or None for plain n^alpha sampling [None]
@@ -53,7 +53,7 @@ from qzhou_jax.data.formats import PAIR_SCORE, RETRIEVAL, TASK_TYPES, check_task
 from qzhou_jax.data.shared_data import SHARED_DATASETS
 
 SOURCE_KINDS = ("shared", "jsonl", "parquet", "hf_disk", "tfds", "beir", "prepared", "hub")
-# One source of truth for the data defaults: qzhou_jax/config_base.py's DATA table.
+# One source of truth for the data defaults: qzhou_jax/config/defaults.py's DATA table.
 _D = {k: plain_default(v) for k, v in _DATA_DEFAULTS.items()}
 DEFAULT_BATCH_SIZE = dict(_D["batch_size"])
 DEFAULT_BUCKETS = tuple(_D["buckets"])

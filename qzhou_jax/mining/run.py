@@ -1,6 +1,6 @@
 """Mining end to end: rows -> corpus -> cached embeddings -> sharded exact search -> selection -> rows.
 
-`mine(MineConfig(...))` is what the CLI (qzhou_jax/mine.py) and the between-stages hook (stages.py) call. Every
+`mine(MineConfig(...))` is what the CLI (qzhou_jax/cli/mine.py) and the between-stages hook (stages.py) call. Every
 process runs it; each encodes its share of the chunks, all take part in the search, process 0 writes OUT.jsonl
 (atomically) and OUT.jsonl.stats.json (counts, timings, throughput).
 """

@@ -3,5 +3,5 @@
 client.py (OpenAI-compatible async client, retries, concurrency) | prompts.py (EN/ZH prompts, JSON schemas) |
 checks.py (the paper's constraints) | generators.py (paraphrase / augment / hard_negatives) | cache.py (response
 journal) | decontam.py (evaluation-set overlap) | run.py (orchestration) | merge.py (shards). CLI:
-qzhou_jax/synthesize.py.
+qzhou_jax/cli/synthesize.py.
 """

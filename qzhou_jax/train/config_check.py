@@ -67,7 +67,7 @@ def check(cfg, *, device_count: int, process_count: int = 1) -> None:
 # Values a key takes, where no module owns a list of them (model/config.py's lists are imported below).
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("linear", "cosine", "constant")  # optim.learning_rate_schedule
-EXPORT_DTYPES = ("bfloat16", "float32")    # hf/export.EXPORT_DTYPES (tests/test_config_check.py keeps them equal)
+EXPORT_DTYPES = ("bfloat16", "float32")    # hf/export.EXPORT_DTYPES (tests/train/test_config_check.py keeps them equal)
 
 
 def _choice(cfg, field: str, prefix: str, allowed) -> None:

@@ -70,7 +70,7 @@ def peak_flops(device_kind: str, override: float = 0.0) -> float | None:
         _warned.add(device_kind)
         say = log.info if device_kind == "cpu" else log.warning
         say("unknown device kind %r: MFU is not reported; set --config.train.peak_flops_per_device="
-            "<dense bf16 FLOP/s of one device> (or add the kind to qzhou_jax/hardware.py CHIPS)", device_kind)
+            "<dense bf16 FLOP/s of one device> (or add the kind to qzhou_jax/train/hardware.py CHIPS)", device_kind)
     return chip.peak_flops if chip else None
 
 

@@ -66,7 +66,7 @@ def build_model_config(cfg) -> ModelConfig:
 
 
 def peak_flops(cfg) -> float | None:
-    """Per-device bf16 peak for MFU: train.peak_flops_per_device, else qzhou_jax/hardware.py's table."""
+    """Per-device bf16 peak for MFU: train.peak_flops_per_device, else qzhou_jax/train/hardware.py's table."""
     return hardware.peak_flops(jax.devices()[0].device_kind, cfg.train.get("peak_flops_per_device") or 0.0)
 
 

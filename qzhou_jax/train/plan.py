@@ -82,7 +82,7 @@ def topology_devices(topology: str) -> tuple[list[Any], hardware.Chip]:
     kind = devices[0].device_kind
     chip = hardware.lookup(kind)
     if chip is None:
-        raise PlanError(f"device kind {kind!r} of {topology} is not in qzhou_jax/hardware.py CHIPS")
+        raise PlanError(f"device kind {kind!r} of {topology} is not in qzhou_jax/train/hardware.py CHIPS")
     return devices, chip
 
 

@@ -1,4 +1,4 @@
-"""qzhou_jax/config.py: the one config loader and the argparse front every command shares."""
+"""qzhou_jax/config/loader.py: the one config loader and the argparse front every command shares."""
 import argparse
 
 import pytest

@@ -48,7 +48,7 @@ def test_cli_prints_mixture_batches_histograms_and_skips(tmp_path, write_jsonl, 
     with pytest.raises(SystemExit):
         inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--bogus=1"])
     capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:  # a bad override: usage and the key, exit 2 (qzhou_jax/config.py)
+    with pytest.raises(SystemExit) as stop:  # a bad override: usage and the key, exit 2 (qzhou_jax/config/loader.py)
         inspect_cli.main(["--config", f"{tmp_path}/cfg.py", "--config.data.no_such_key=1"])
     assert stop.value.code == 2 and "no_such_key" in capsys.readouterr().err
 
