@@ -3,8 +3,7 @@ import argparse
 
 import pytest
 
-from qzhou_jax.train import plan
-from qzhou_jax.train import loop as train
+from qzhou_jax.cli import plan, train
 from qzhou_jax.config import ConfigLoadError, load_config, parse_config_args
 
 DEMO = "configs/demo.py:stage1"

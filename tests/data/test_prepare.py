@@ -330,7 +330,7 @@ def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prep
     refused = ("2 malformed rows skipped against 100 samples kept (2.0%), above data.max_skipped_fraction = 0.01: "
                "1 x malformed JSON")
     # 2 bad rows of 102 are above the default limit (1%): prepare refuses them as data.inspect does, one line, exit 2.
-    for cli, extra in ((prepare_main, ["--out", str(out)]), (data_inspect.main, inspect_args)):
+    for cli, extra in ((prepare_main, ["--out", str(out)]), (inspect_cli.main, inspect_args)):
         with pytest.raises(SystemExit) as stop:
             cli(["--config", str(cfg), *extra])
         err = capsys.readouterr().err
@@ -403,8 +403,8 @@ def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_the
     prepared_cfg = write_config_file(tmp_path / "p", prepared_config(config, tmp_path / "out"))
     tokenizer.save_pretrained(tmp_path / "tok")
     train_cfg = train_config_file(tmp_path / "train_cfg.py", prepared_config(config, tmp_path / "out")["datasets"])
-    for cli, args in ((data_inspect.main, ["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]),
-                      (train.main, ["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])):
+    for cli, args in ((inspect_cli.main, ["--config", str(prepared_cfg), "--tokenizer", str(tmp_path / "tok")]),
+                      (train_cli.main, ["--config", str(train_cfg), "--workdir", str(tmp_path / "run")])):
         with pytest.raises(SystemExit) as stop:
             cli(args)
         err = capsys.readouterr().err
