@@ -83,11 +83,11 @@ def test_log_records_lose_their_tracebacks_unless_debugging():
 
 
 @pytest.mark.parametrize("module,argv", [
-    ("qzhou_jax.train", ["--help"]), ("qzhou_jax.export", ["--help"]), ("qzhou_jax.encode", ["--help"]),
-    ("qzhou_jax.evaluate", ["--help"]), ("qzhou_jax.mine", ["--help"]), ("qzhou_jax.plan", ["--help"]),
-    ("qzhou_jax.synthesize", ["paraphrase", "--help"]), ("qzhou_jax.synthesize", ["merge", "--help"]),
-    ("qzhou_jax.data.prepare", ["--help"]), ("qzhou_jax.data.inspect", ["--help"]),
-    ("qzhou_jax.hf.convert", ["--help"]), ("qzhou_jax.eval.mteb_local", ["--help"]),
+    ("qzhou_jax.cli.train", ["--help"]), ("qzhou_jax.cli.export", ["--help"]), ("qzhou_jax.cli.encode", ["--help"]),
+    ("qzhou_jax.cli.evaluate", ["--help"]), ("qzhou_jax.cli.mine", ["--help"]), ("qzhou_jax.cli.plan", ["--help"]),
+    ("qzhou_jax.cli.synthesize", ["paraphrase", "--help"]), ("qzhou_jax.cli.synthesize", ["merge", "--help"]),
+    ("qzhou_jax.cli.prepare", ["--help"]), ("qzhou_jax.cli.inspect", ["--help"]),
+    ("qzhou_jax.cli.convert", ["--help"]), ("qzhou_jax.cli.mteb_local", ["--help"]),
 ])
 def test_every_command_has_debug(module, argv, capsys):
     with pytest.raises(SystemExit) as stop:
