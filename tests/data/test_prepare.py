@@ -109,13 +109,14 @@ def test_records_are_read_lazily_and_per_host(tmp_path, write_jsonl):
 
 SLOW_PREPARE = """
 import sys, time
-import qzhou_jax.cli.prepare as p
+import qzhou_jax.data.prepare as p
+from qzhou_jax.cli.prepare import main
 write = p._write_shard
 def slow(*args):
     time.sleep(0.3)
     write(*args)
 p._write_shard = slow
-sys.exit(p.main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:]))
 """
 
 
