@@ -1,20 +1,21 @@
-"""The typed training batch: ONE table names every field, its dtype, its logical axes and whether it may be absent.
+"""The typed training batch on the devices: `Batch`, a pytree dataclass with one attribute per row of the batch
+schema (qzhou_jax/data/schema.py FIELDS: dtype, logical axes, required or optional) and the batch's task type.
 
-    FIELDS["cand_ids"] = Field("int32", ("batch", "cand", "length"), side="cand")
+    batch.cand_ids, batch.task, batch.replace(...); absent optional fields are None (no leaves)
 
-`Batch` is a pytree (a Flax struct) generated from the table: `batch.cand_ids`, `batch.replace(...)`, absent
-optional fields are None (no leaves). Its shardings (`shardings`), its abstract form for ahead-of-time compiling
-(`abstract`), GradCache's chunking (`chunk_inputs`: every `side` field, along its `batch` axis) and token counting
-(`count_tokens`) all read the table, so a new field is one row: e.g. the duplicate masks' per-text hashes
-`anchor_hash = Field("uint32", ("batch",), required=False)`, or packed inputs with `side="anchor"`.
+`task` is static pytree metadata (not an array): a batch holds one dataset, so one task type, and it picks the
+loss (losses.task_loss) and, through the pytree structure, the compiled step. Its shardings (`shardings`), its
+abstract form for ahead-of-time compiling (`abstract`), GradCache's chunking (`side_inputs`: every `side` field,
+along its `batch` axis) and token counting (`count_tokens`) all read the schema table.
 
-Host batches (numpy dicts from data/tokenize.py) become `Batch`es with `from_host`, which checks every field's
-rank and dtype against the table and names what is wrong; host-only keys (HOST_KEYS) stay on the host.
+Host batches (numpy dicts from data/tokenize.py, data/packing.py) become `Batch`es once, at the device boundary
+(`from_host`, called by train/loop.to_device_batch), which checks every field against the table -- rank, dtype,
+and that each logical axis has one size across fields -- and names what is wrong. Nothing downstream re-checks.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax
 import jax
@@ -22,57 +23,46 @@ import jax.numpy as jnp
 import numpy as np
 
 from qzhou_jax.constraints import replicated
+from qzhou_jax.data.schema import FIELDS, HOST_KEYS, PACKED, PADDED_TOKENS, Field, check_host_fields
+
+__all__ = ["Batch", "FIELDS", "Field", "HOST_KEYS", "abstract", "field_sharding", "host_shardings", "shardings"]
+
+Array = Optional[Any]  # a jax / numpy array, a ShapeDtypeStruct or a NamedSharding (the same tree), or None
 
 
-@dataclasses.dataclass(frozen=True)
-class Field:
-    dtype: str                   # numpy dtype name the field must have
-    axes: tuple[str, ...]        # logical axis names, one per dimension (sharding.ShardingRules maps them)
-    required: bool = True        # False: may be None / absent (a task without it, or a feature switched off)
-    side: str | None = None      # "anchor" / "cand": a model input of that side (GradCache chunks it)
-    doc: str = ""
+@flax.struct.dataclass
+class Batch:
+    """The global training batch: the schema's fields (data/schema.py FIELDS documents each), None where absent."""
 
+    anchor_ids: Array = None
+    anchor_mask: Array = None
+    cand_ids: Array = None
+    cand_mask: Array = None
+    cand_valid: Array = None
+    score: Array = None
+    labels: Array = None
+    anchor_hash: Array = None
+    cand_hash: Array = None
+    packed_ids: Array = None
+    packed_segment_ids: Array = None
+    packed_segment_lengths: Array = None
+    packed_anchor_index: Array = None
+    packed_cand_index: Array = None
+    task: str | None = flax.struct.field(pytree_node=False, default=None)  # 'retrieval' | 'pair_score' | ...
 
-FIELDS: dict[str, Field] = {
-    # Padded token inputs: present unless the batch is packed (then the packed_* fields replace them).
-    "anchor_ids": Field("int32", ("batch", "length"), required=False, side="anchor",
-                        doc="query / text_a / text to classify"),
-    "anchor_mask": Field("int32", ("batch", "length"), required=False, side="anchor", doc="1 = real token"),
-    "cand_ids": Field("int32", ("batch", "cand", "length"), required=False, side="cand",
-                      doc="[positive, negatives...]"),
-    "cand_mask": Field("int32", ("batch", "cand", "length"), required=False, side="cand"),
-    "cand_valid": Field("bool", ("batch", "cand"), doc="False: a padding candidate"),
-    "score": Field("float32", ("batch",), required=False, doc="pair-score gold (CoSENT)"),
-    "labels": Field("int32", ("batch", "label"), required=False, doc="classification labels, anchor then cands"),
-    # Normalised-text hashes (data/transforms.text_hash): equal texts are never each other's negatives (losses.py).
-    "anchor_hash": Field("int32", ("batch",), required=False, doc="hash of the anchor's normalised text"),
-    "cand_hash": Field("int32", ("batch", "cand"), required=False, doc="per candidate; 0 for padding candidates"),
-    # Sequence packing (data/packing.py): the texts of the batch end to end in R rows of T tokens.
-    "packed_ids": Field("int32", ("batch", "length"), required=False, doc="[R, T] token ids"),
-    "packed_segment_ids": Field("int32", ("batch", "length"), required=False, doc="[R, T] 1..k per row, 0 = pad"),
-    "packed_segment_lengths": Field("int32", ("batch", "segment"), required=False, doc="[R, S] tokens per segment"),
-    "packed_anchor_index": Field("int32", ("batch",), required=False, doc="[B] flat row * S + segment - 1"),
-    "packed_cand_index": Field("int32", ("batch", "cand"), required=False, doc="[B, C]; -1: empty candidate"),
-}
-_PADDED = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask")
-_PACKED = ("packed_ids", "packed_segment_ids", "packed_segment_lengths", "packed_anchor_index", "packed_cand_index")
-HOST_KEYS = ("dataset_id",)  # in host batches, read by the loop, never sent to devices
-
-
-def _batch_methods():
-    def from_host(cls, arrays: Mapping[str, Any], *, where: str = "batch") -> "Batch":
-        """Checks `arrays` (numpy or jax) against FIELDS: every required field present, ranks and dtypes as the
-        table says, no unknown key (a field the table lacks would otherwise be dropped silently)."""
-        unknown = sorted(set(arrays) - set(FIELDS) - set(HOST_KEYS))
-        if unknown:
-            raise KeyError(f"{where}: unknown field(s) {unknown}; add a row to qzhou_jax/batch.py FIELDS")
+    @classmethod
+    def from_host(cls, arrays: Mapping[str, Any], *, task: str | None = None, where: str = "batch") -> "Batch":
+        """Checks `arrays` (numpy or jax; host keys allowed and dropped) against the schema: every required field
+        present, ranks and dtypes as the table says, one size per logical axis, no unknown key. `task` defaults to
+        the host batch's own 'task' key."""
+        check_host_fields(arrays, where)
+        task = task if task is not None else arrays.get("task")
         values = {}
         for name, field in FIELDS.items():
             value = arrays.get(name)
             if value is None:
                 if field.required:
                     raise KeyError(f"{where}: required field {name!r} is missing")
-                values[name] = None
                 continue
             if np.ndim(value) != len(field.axes):
                 raise ValueError(f"{where}: field {name!r} must have rank {len(field.axes)} {field.axes}, "
@@ -80,22 +70,25 @@ def _batch_methods():
             if np.dtype(value.dtype) != np.dtype(field.dtype):
                 raise TypeError(f"{where}: field {name!r} must be {field.dtype}, got {value.dtype}")
             values[name] = value
-        for group in (_PADDED, _PACKED):
-            given = [n for n in group if values[n] is not None]
+        for group in (PADDED_TOKENS, PACKED):
+            given = [n for n in group if n in values]
             if given and len(given) != len(group):
                 raise KeyError(f"{where}: fields {sorted(set(group) - set(given))} are missing (they come together)")
-        if (values["anchor_ids"] is None) == (values["packed_ids"] is None):
-            raise KeyError(f"{where}: a batch has either the padded token fields {list(_PADDED)} or the packed ones "
-                           f"{list(_PACKED)}, not {'both' if values['anchor_ids'] is not None else 'neither'}")
-        return cls(**values)
+        if ("anchor_ids" in values) == ("packed_ids" in values):
+            raise KeyError(f"{where}: a batch has either the padded token fields {list(PADDED_TOKENS)} or the packed "
+                           f"ones {list(PACKED)}, not {'both' if 'anchor_ids' in values else 'neither'}")
+        _check_axis_sizes(values, where)
+        return cls(**values, task=None if task is None else str(task))
 
     def present(self) -> dict[str, Any]:
         """{name: array} of the fields that are not None."""
         return {n: getattr(self, n) for n in FIELDS if getattr(self, n) is not None}
 
+    @property
     def size(self) -> int:
         return self.cand_valid.shape[0]
 
+    @property
     def packed(self) -> bool:
         return self.packed_ids is not None
 
@@ -115,20 +108,31 @@ def _batch_methods():
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(v.shape) for n, v in self.present().items()}
 
-    return dict(from_host=classmethod(from_host), present=present, size=property(size), packed=property(packed),
-                side_inputs=side_inputs, count_tokens=count_tokens, shapes=shapes)
+
+# The class spells its fields out for readers and type checkers; the schema table stays the one source of their
+# meaning, and this keeps the two from drifting apart.
+_declared = [f.name for f in dataclasses.fields(Batch) if f.name != "task"]
+if _declared != list(FIELDS):
+    raise ImportError(f"Batch's fields {_declared} differ from data/schema.py FIELDS {list(FIELDS)}")
 
 
-def _make_batch_class():
-    """The Batch pytree class, one attribute per FIELDS row (None by default)."""
-    cls = flax.struct.dataclass(type("Batch", (), {
-        "__annotations__": {name: Any for name in FIELDS}, **{name: None for name in FIELDS}, **_batch_methods()}))
-    cls.__module__ = __name__
-    cls.__doc__ = "The global training batch: one attribute per FIELDS row (None where an optional one is absent)."
-    return cls
-
-
-Batch = _make_batch_class()
+def _check_axis_sizes(values: Mapping[str, Any], where: str) -> None:
+    """Every logical axis has one size across the fields that carry it (token lengths per side, packed rows apart
+    from examples, 'label' = 1 + 'cand'), so a mismatch is named here, not met as a broadcasting error in a loss."""
+    seen: dict[str, tuple[int, str]] = {}
+    for name, value in values.items():
+        field = FIELDS[name]
+        for axis, size in zip(field.axes, np.shape(value)):
+            if axis == "label":
+                axis, size = "cand", size - 1
+            if axis == "length":
+                axis = f"length of {field.side or 'packed rows'}"
+            elif axis == "batch" and name in PACKED and field.axes[-1] in ("length", "segment"):  # packed_* rows are not examples
+                axis = "packed rows"
+            size_first, first = seen.setdefault(axis, (size, name))
+            if size_first != size:
+                raise ValueError(f"{where}: fields {first!r} {tuple(np.shape(values[first]))} and {name!r} "
+                                 f"{tuple(np.shape(value))} disagree on the {axis} axis")
 
 
 # -------------------------------------------------------------------------------------------- shardings
@@ -142,21 +146,21 @@ def host_shardings(rules, names=None) -> dict[str, Any]:
     return {n: field_sharding(rules, n) for n in (names if names is not None else FIELDS)}
 
 
-def shardings(rules, batch: "Batch") -> "Batch":
-    """A Batch of NamedShardings with `batch`'s structure (present fields only); shapes are checked to divide."""
-    return Batch(**{n: field_sharding(rules, n, v.shape) for n, v in batch.present().items()})
+def shardings(rules, batch: Batch) -> Batch:
+    """A Batch of NamedShardings with `batch`'s structure (present fields and task); shapes are checked to divide."""
+    return Batch(**{n: field_sharding(rules, n, v.shape) for n, v in batch.present().items()}, task=batch.task)
 
 
 def abstract(task: str, *, batch_size: int, num_candidates: int, query_len: int, passage_len: int,
-             rules=None) -> "Batch":
-    """ShapeDtypeStructs (with shardings when `rules` is given) of a task's batch, for ahead-of-time compiling.
-    Dimension sizes per logical axis; a field whose axes are not all known here must be optional."""
+             rules=None) -> Batch:
+    """ShapeDtypeStructs (with shardings when `rules` is given) of a task's padded batch, for ahead-of-time
+    compiling. Dimension sizes per logical axis; a field whose axes are not all known here must be optional."""
     sizes = {"batch": batch_size, "cand": num_candidates, "label": 1 + num_candidates}
     fields = {}
     for name, field in FIELDS.items():
         if name == "score" and task != "pair_score" or name == "labels" and task != "classification":
             continue
-        if name in _PACKED:  # the padded layout (packed shapes depend on the data)
+        if name in PACKED:  # the padded layout (packed shapes depend on the data)
             continue
         if field.side is not None:
             length = query_len if field.side == "anchor" else passage_len
@@ -169,4 +173,4 @@ def abstract(task: str, *, batch_size: int, num_candidates: int, query_len: int,
             continue
         sharding = field_sharding(rules, name, shape) if rules is not None else None
         fields[name] = jax.ShapeDtypeStruct(shape, jnp.dtype(field.dtype), sharding=sharding)
-    return Batch(**fields)
+    return Batch(**fields, task=task)
