@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from qzhou_jax import losses, model as qmodel  # noqa: E402
+from qzhou_jax.batch import Batch  # noqa: E402
 from qzhou_jax.train import optim  # noqa: E402
 from qzhou_jax.data import presets, shared_data  # noqa: E402
 from qzhou_jax.tokenizer import format_query, load_tokenizer, tokenize  # noqa: E402
@@ -53,8 +54,9 @@ def measure(embed, params, tokenizer, pairs, prompt, tau, max_len, batch=64):
     unrelated = a @ np.roll(b, 1, axis=0).T  # a_i vs b_j, j != i (mostly unrelated sentences)
     spreads, loss, collapsed = [], [], []
     for i in range(0, len(pairs) - batch + 1, batch):
-        lo, m = losses.task_loss("pair_score", jnp.asarray(a[i:i + batch]), jnp.asarray(b[i:i + batch])[:, None],
-                                 score=jnp.asarray(gold[i:i + batch]), config=losses.LossConfig(cosent_tau=tau))
+        lo, m = losses.task_loss(jnp.asarray(a[i:i + batch]), jnp.asarray(b[i:i + batch])[:, None],
+                                 Batch(score=jnp.asarray(gold[i:i + batch]), task="pair_score"),
+                                 losses.LossConfig(cosent_tau=tau))
         spreads.append(float(m["sim_spread"]))
         loss.append(float(lo))
         collapsed.append(float(np.log1p(m["num_ordered_pairs"])))
@@ -72,7 +74,7 @@ def train_cosent(embed, params, tokenizer, pairs, *, prompt, tau, lr, steps, max
 
     def loss_fn(p, a_ids, a_mask, b_ids, b_mask, score):
         a, b = embed(p, a_ids, a_mask), embed(p, b_ids, b_mask)
-        return losses.task_loss("pair_score", a, b[:, None], score=score, config=loss_config)
+        return losses.task_loss(a, b[:, None], Batch(score=score, task="pair_score"), loss_config)
 
     @jax.jit
     def step(p, opt_state, *batch_arrays):

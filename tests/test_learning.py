@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 
 from configs import real_small
 from qzhou_jax import losses, model as qmodel
+from qzhou_jax.batch import Batch
 from qzhou_jax.train import optim
 
 LEN, PREFIX, N_TRAIN, N_TEST, BATCH, STEPS = 12, 8, 256, 64, 32, 40
@@ -45,7 +46,7 @@ def train_cosent(loss_config, optim_cfg, steps=STEPS):
         return qmodel.embed_tokens(p, config, ids, jnp.ones_like(ids))
 
     def loss_fn(p, a, b, gold):
-        return losses.task_loss("pair_score", embed(p, a), embed(p, b)[:, None], score=gold, config=loss_config)
+        return losses.task_loss(embed(p, a), embed(p, b)[:, None], Batch(score=gold, task="pair_score"), loss_config)
 
     @jax.jit
     def step(p, opt_state, a, b, gold):

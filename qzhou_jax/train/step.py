@@ -86,8 +86,7 @@ def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, j
 
 def _loss_from_embeddings(a, c, batch: Batch, task: str, loss_config: losses.LossConfig):
     batch = _as_batch(batch)
-    return losses.task_loss(task, a, c, batch.cand_valid, score=batch.score, labels=batch.labels,
-                            config=loss_config, anchor_hash=batch.anchor_hash, cand_hash=batch.cand_hash)
+    return losses.task_loss(a, c, batch if batch.task else batch.replace(task=task), loss_config)
 
 
 def _as_batch(batch) -> Batch:

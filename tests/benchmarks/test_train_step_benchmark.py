@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import train_step as bench
 from qzhou_jax import losses
+from qzhou_jax.batch import Batch
 from qzhou_jax.hf import convert
 from qzhou_jax.tokenizer import load_tokenizer
 from tests import oracle
@@ -160,7 +161,8 @@ def test_torch_infonce_matches_the_projects_retrieval_loss():
     valid = np.ones((b, c), bool)
     valid[::2, -1] = False
     for tau in (0.02, 0.5):
-        expected = losses.retrieval_infonce(jax.numpy.asarray(q), jax.numpy.asarray(docs), valid, tau=tau)
+        expected, _ = losses.retrieval_infonce(jax.numpy.asarray(q), jax.numpy.asarray(docs), Batch(cand_valid=valid),
+                                               losses.LossConfig(tau=tau))
         got = bench.torch_retrieval_infonce(torch.from_numpy(q), torch.from_numpy(docs), torch.from_numpy(valid),
                                             tau=tau)
         np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
