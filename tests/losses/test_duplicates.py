@@ -1,4 +1,5 @@
-"""Duplicate masks of losses.py vs. an independent float64 loop reference that compares the texts themselves.
+"""Duplicate masks of the losses (qzhou_jax/losses/) vs. an independent float64 loop reference that compares the
+texts themselves.
 
 Batches are built from strings: identical texts (after case/whitespace normalisation) get the same embedding,
 as a real encoder would give them, and the hashes come from the data pipeline's `text_hash`.
@@ -9,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qzhou_jax import losses
+from qzhou_jax.batch import Batch
 from qzhou_jax.data.transforms import text_hash
-from qzhou_jax.losses import LossConfig
+from qzhou_jax.losses import LossConfig, task_loss
 
 E = 16
 
@@ -100,13 +101,13 @@ def ref_retrieval(a, c, tau, query_query, doc_query, doc_doc, masks):
 def test_retrieval_duplicated_queries_and_positives(query_query, doc_query, doc_doc):
     a, c, ah, ch = retrieval_batch()
     cfg = LossConfig(tau=0.05, query_query=query_query, doc_query=doc_query, doc_doc=doc_doc)
-    loss, metrics = losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), None, config=cfg,
-                                     anchor_hash=jnp.asarray(ah), cand_hash=jnp.asarray(ch))
+    loss, metrics = task_loss(jnp.asarray(a), jnp.asarray(c),
+                              Batch(anchor_hash=jnp.asarray(ah), cand_hash=jnp.asarray(ch), task="retrieval"), cfg)
     expected, dropped = ref_retrieval(a, c, 0.05, query_query, doc_query, doc_doc, masks=True)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
     assert float(metrics["masked_duplicates"]) == dropped > 0
     # without hashes: the plain loss, and it differs (the duplicates were real terms)
-    plain, plain_metrics = losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), None, config=cfg)
+    plain, plain_metrics = task_loss(jnp.asarray(a), jnp.asarray(c), Batch(task="retrieval"), cfg)
     np.testing.assert_allclose(float(plain), ref_retrieval(a, c, 0.05, query_query, doc_query, doc_doc, False)[0],
                                rtol=1e-5, atol=1e-5)
     assert "masked_duplicates" not in plain_metrics and abs(float(plain) - expected) > 1e-3
@@ -128,10 +129,11 @@ def test_cosent_identical_pairs_are_not_ranked_against_each_other():
                     dropped += 1
                 else:
                     terms.append((s[k] - s[i]) / tau)
-    loss, metrics = losses.task_loss(
-        "pair_score", jnp.asarray(a), jnp.asarray(b[:, None]), None, score=jnp.asarray(gold),
-        config=LossConfig(cosent_tau=tau), anchor_hash=jnp.asarray([text_hash(p[0]) for p in pairs]),
-        cand_hash=jnp.asarray([[text_hash(p[1])] for p in pairs]))
+    loss, metrics = task_loss(
+        jnp.asarray(a), jnp.asarray(b[:, None]),
+        Batch(score=jnp.asarray(gold), anchor_hash=jnp.asarray([text_hash(p[0]) for p in pairs]),
+              cand_hash=jnp.asarray([[text_hash(p[1])] for p in pairs]), task="pair_score"),
+        LossConfig(cosent_tau=tau))
     np.testing.assert_allclose(float(loss), lse(terms), rtol=1e-5, atol=1e-5)
     assert float(metrics["masked_duplicates"]) == dropped == 3
 
@@ -160,21 +162,23 @@ def test_classification_identical_texts_are_not_negatives():
                     negs.append(cos(a[i], vec))
         pos = cos(a[i], c[i, 0])
         total += lse([pos / tau] + [s / tau for s in negs]) - pos / tau
-    loss, metrics = losses.task_loss(
-        "classification", jnp.asarray(a), jnp.asarray(c), None, labels=jnp.asarray(labels),
-        config=LossConfig(tau=tau), anchor_hash=jnp.asarray([text_hash(r[0]) for r in texts]),
-        cand_hash=jnp.asarray([[text_hash(t) for t in r[1:]] for r in texts]))
+    loss, metrics = task_loss(
+        jnp.asarray(a), jnp.asarray(c),
+        Batch(labels=jnp.asarray(labels), anchor_hash=jnp.asarray([text_hash(r[0]) for r in texts]),
+              cand_hash=jnp.asarray([[text_hash(t) for t in r[1:]] for r in texts]), task="classification"),
+        LossConfig(tau=tau))
     np.testing.assert_allclose(float(loss), total / 3, rtol=1e-5, atol=1e-5)
     assert float(metrics["masked_duplicates"]) == dropped > 0
 
 
-def test_hashes_must_come_in_pairs_with_the_right_shapes():
+@pytest.mark.parametrize("task", ["retrieval", "pair_score", "classification"])
+def test_hashes_must_come_in_pairs(task):
     a, c, ah, ch = retrieval_batch()
-    with pytest.raises(ValueError, match="both"):
-        losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), anchor_hash=jnp.asarray(ah))
-    with pytest.raises(ValueError, match="cand_hash"):
-        losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), anchor_hash=jnp.asarray(ah),
-                         cand_hash=jnp.asarray(ch[:, :1]))
+    fields = dict(score=np.zeros(len(a), np.float32), labels=np.zeros((len(a), 3), np.int32))
+    with pytest.raises(ValueError, match="both batch.anchor_hash and batch.cand_hash.*only anchor_hash"):
+        task_loss(jnp.asarray(a), jnp.asarray(c), Batch(**fields, anchor_hash=jnp.asarray(ah), task=task))
+    with pytest.raises(ValueError, match="only cand_hash"):
+        task_loss(jnp.asarray(a), jnp.asarray(c), Batch(**fields, cand_hash=jnp.asarray(ch), task=task))
 
 
 def test_trecqa_batches_carry_duplicate_queries_that_the_loss_masks():
@@ -192,7 +196,7 @@ def test_trecqa_batches_carry_duplicate_queries_that_the_loss_masks():
     texts = batch["anchor"] + [t for row in batch["candidates"] for t in row]
     emb = embed(texts)
     a, c = emb[:32], emb[32:].reshape(32, 2, E)
-    loss, metrics = losses.task_loss("retrieval", jnp.asarray(a), jnp.asarray(c), jnp.asarray(batch["cand_valid"]),
-                                     anchor_hash=jnp.asarray(batch["anchor_hash"]),
-                                     cand_hash=jnp.asarray(batch["cand_hash"]))
+    hashed = Batch(cand_valid=jnp.asarray(batch["cand_valid"]), anchor_hash=jnp.asarray(batch["anchor_hash"]),
+                   cand_hash=jnp.asarray(batch["cand_hash"]), task="retrieval")
+    loss, metrics = task_loss(jnp.asarray(a), jnp.asarray(c), hashed)
     assert float(metrics["masked_duplicates"]) > 0 and np.isfinite(float(loss))
