@@ -10,8 +10,8 @@ vocabulary) is written with `save_pretrained` and loaded by both sides, and the 
 Both get the same retrieval batch: B SciFact train claims, each with its relevant abstract and N random other
 abstracts as hard negatives, tokenised once and padded to fixed lengths.
 
-JAX: `make_step_fn` (bidirectional encoder, mean pooling, L2 norm, `losses.task_loss('retrieval')`, AdamW from
-`optim.make_optimizer`, clipping 1.0), on a one-device mesh (-1, 1, 1); compiled ahead of time so that compile time
+JAX: `make_step_fn` (bidirectional encoder, mean pooling, L2 norm, `losses.task_loss` of a retrieval batch, AdamW
+from `optim.make_optimizer`, clipping 1.0), on a one-device mesh (-1, 1, 1); compiled ahead of time so that compile time
 is reported on its own. PyTorch: transformers' `Qwen2Model` with its bidirectional mask (as tests/oracle.py),
 mean pooling, L2 norm, the same InfoNCE written in torch, `torch.optim.AdamW` with the same numbers.
 Each side runs in its own fresh process (clean peak RSS, no idle thread pools of the other library) and does one
