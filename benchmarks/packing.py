@@ -47,6 +47,7 @@ def run(args) -> dict:
     import numpy as np
 
     from qzhou_jax import losses
+    from qzhou_jax.batch import Batch
     from qzhou_jax.train import step as train_step
     from qzhou_jax.data import packing
     from qzhou_jax.model import ModelConfig, init_params
@@ -60,7 +61,9 @@ def run(args) -> dict:
                          num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                          max_position_embeddings=32768, attention_impl="auto")
     params = init_params(config, jax.random.key(0))
-    step = jax.jit(lambda p, b: train_step.plain_loss_and_grads(p, config, losses.LossConfig(), "retrieval", b)[:2])
+    # The device batch stays a dict here (its keys key the compile cache); the step sees it as the typed Batch.
+    step = jax.jit(lambda p, b: train_step.plain_loss_and_grads(
+        p, config, losses.LossConfig(), Batch.from_host(b, task="retrieval"))[:2])
 
     def keys(b):  # what reaches the device: the padded token arrays, or the packed ones
         wanted = packing.batch_keys(("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid"),

@@ -201,7 +201,7 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
     loss_config = losses.LossConfig(tau=TAU)
     with mesh_context(rules.mesh):
         forward = scoped(lambda p, b: embed_batch(p, config, b))
-        grads_fn = scoped(lambda p, b: plain_loss_and_grads(p, config, loss_config, TASK, b)[2])
+        grads_fn = scoped(lambda p, b: plain_loss_and_grads(p, config, loss_config, b)[2])
         grads = grads_fn(state.params, batch)
         # As in the step: params and optimizer state donated (without it every call writes 3 fresh params-sized
         # buffers, and on CPU their page faults cost more than the update), outputs threaded through the repeats.
@@ -255,13 +255,13 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1,
                                         update_mask=update_mask)
     _, st_sh = abstract_state(config, tx, rules)
-    typed = batch_lib.Batch.from_host(batch)
+    typed = batch_lib.Batch.from_host(batch, task=TASK)
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, st_sh.params))
     device_batch = jax.device_put(typed, batch_lib.shardings(rules, typed))
     jax.block_until_ready((state, device_batch))
     load, rss_loaded = time.perf_counter() - start, rss_mb()
 
-    step = make_step_fn(TASK, config=config, loss_config=losses.LossConfig(tau=TAU), tx=tx, schedule=schedule,
+    step = make_step_fn(config=config, loss_config=losses.LossConfig(tau=TAU), tx=tx, schedule=schedule,
                         gradcache_chunks=0, rules=rules, state_shardings=st_sh)
     start = time.perf_counter()
     with mesh_context(mesh):

@@ -1,5 +1,5 @@
 """The typed training batch on the devices: `Batch`, a pytree dataclass with one attribute per row of the batch
-schema (qzhou_jax/data/schema.py FIELDS: dtype, logical axes, required or optional) and the batch's task type.
+schema (qzhou_jax/batch_schema.py FIELDS: dtype, logical axes, required or optional) and the batch's task type.
 
     batch.cand_ids, batch.task, batch.replace(...); absent optional fields are None (no leaves)
 
@@ -23,16 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from qzhou_jax.constraints import replicated
-from qzhou_jax.data.schema import FIELDS, HOST_KEYS, PACKED, PADDED_TOKENS, Field, check_host_fields
+from qzhou_jax.batch_schema import FIELDS, HOST_KEYS, PACKED, PADDED_TOKENS, Field
 
-__all__ = ["Batch", "FIELDS", "Field", "HOST_KEYS", "abstract", "field_sharding", "host_shardings", "shardings"]
+__all__ = ["Batch", "FIELDS", "Field", "HOST_KEYS", "abstract", "check_declared_fields", "field_sharding",
+           "host_shardings", "shardings"]
 
 Array = Optional[Any]  # a jax / numpy array, a ShapeDtypeStruct or a NamedSharding (the same tree), or None
 
 
 @flax.struct.dataclass
 class Batch:
-    """The global training batch: the schema's fields (data/schema.py FIELDS documents each), None where absent."""
+    """The global training batch: the schema's fields (batch_schema.py FIELDS documents each), None where absent."""
 
     anchor_ids: Array = None
     anchor_mask: Array = None
@@ -55,7 +56,9 @@ class Batch:
         """Checks `arrays` (numpy or jax; host keys allowed and dropped) against the schema: every required field
         present, ranks and dtypes as the table says, one size per logical axis, no unknown key. `task` defaults to
         the host batch's own 'task' key."""
-        check_host_fields(arrays, where)
+        unknown = sorted(set(arrays) - set(FIELDS) - set(HOST_KEYS))
+        if unknown:  # a field the table lacks would otherwise be dropped silently
+            raise KeyError(f"{where}: unknown field(s) {unknown}; add a row to qzhou_jax/batch_schema.py FIELDS")
         task = task if task is not None else arrays.get("task")
         values = {}
         for name, field in FIELDS.items():
@@ -109,11 +112,16 @@ class Batch:
         return {n: tuple(v.shape) for n, v in self.present().items()}
 
 
-# The class spells its fields out for readers and type checkers; the schema table stays the one source of their
-# meaning, and this keeps the two from drifting apart.
-_declared = [f.name for f in dataclasses.fields(Batch) if f.name != "task"]
-if _declared != list(FIELDS):
-    raise ImportError(f"Batch's fields {_declared} differ from data/schema.py FIELDS {list(FIELDS)}")
+def check_declared_fields(cls=Batch) -> None:
+    """The class spells its fields out for readers and type checkers; the schema table stays the one source of
+    their meaning, and this (run at import) keeps the two from drifting apart: a new field is a row in
+    batch_schema.py FIELDS plus its attribute here."""
+    declared = [f.name for f in dataclasses.fields(cls) if f.name != "task"]
+    if declared != list(FIELDS):
+        raise TypeError(f"{cls.__name__}'s fields {declared} differ from batch_schema.py FIELDS {list(FIELDS)}")
+
+
+check_declared_fields()
 
 
 def _check_axis_sizes(values: Mapping[str, Any], where: str) -> None:

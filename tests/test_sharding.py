@@ -1,9 +1,11 @@
 """One sharding truth: every parameter, optimizer leaf and batch field gets the spec the rules say, on meshes
 (8,1,1), (1,8,1), (2,2,2) and one where a rule cannot divide; meshes are laid out by mesh_utils."""
 import logging
+import typing
 import os
 import math
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -124,9 +126,10 @@ def test_a_batch_that_cannot_split_is_an_error_naming_the_axis():
 def test_host_batch_is_checked_against_the_table():
     good = {"anchor_ids": np.zeros((2, 3), np.int32), "anchor_mask": np.ones((2, 3), np.int32),
             "cand_ids": np.zeros((2, 1, 3), np.int32), "cand_mask": np.ones((2, 1, 3), np.int32),
-            "cand_valid": np.ones((2, 1), bool), "dataset_id": np.zeros(2, np.int32)}
+            "cand_valid": np.ones((2, 1), bool), "dataset_id": np.zeros(2, np.int32), "task": "retrieval"}
     batch = batch_lib.Batch.from_host(good)
     assert batch.score is None and batch.size == 2 and len(jax.tree.leaves(batch)) == 5
+    assert batch.task == "retrieval" and batch_lib.Batch.from_host(good, task="pair_score").task == "pair_score"
     assert [int(x) for x in batch.count_tokens()] == [6, 6]
     with pytest.raises(KeyError, match="unknown field.*'anchor_lang'.*FIELDS"):
         batch_lib.Batch.from_host({**good, "anchor_lang": np.zeros(2, np.uint32)})
@@ -136,17 +139,31 @@ def test_host_batch_is_checked_against_the_table():
         batch_lib.Batch.from_host({**good, "cand_ids": np.zeros((2, 3), np.int32)})
     with pytest.raises(TypeError, match="'anchor_mask' must be int32, got float32"):
         batch_lib.Batch.from_host({**good, "anchor_mask": np.ones((2, 3), np.float32)})
+    # One size per logical axis across fields (checked here once, so the losses need not).
+    with pytest.raises(ValueError, match=r"'anchor_ids' \(2, 3\) and 'cand_ids' \(3, 1, 3\) disagree on the batch"):
+        batch_lib.Batch.from_host({**good, "cand_ids": np.zeros((3, 1, 3), np.int32)})
+    with pytest.raises(ValueError, match="disagree on the length of anchor axis"):
+        batch_lib.Batch.from_host({**good, "anchor_mask": np.ones((2, 4), np.int32)})
+    with pytest.raises(ValueError, match="'cand_ids' .* and 'labels' .* disagree on the cand axis"):
+        batch_lib.Batch.from_host({**good, "labels": np.zeros((2, 3), np.int32)})
+    batch_lib.Batch.from_host({**good, "labels": np.zeros((2, 2), np.int32), "cand_hash": np.zeros((2, 1), np.int32)})
 
 
-def test_adding_a_field_is_one_row(monkeypatch):
+def test_adding_a_field_is_a_table_row_and_an_attribute(monkeypatch):
     fields = dict(batch_lib.FIELDS, anchor_lang=batch_lib.Field("uint32", ("batch",), required=False))
     monkeypatch.setattr(batch_lib, "FIELDS", fields)
-    cls = batch_lib._make_batch_class()
+    with pytest.raises(TypeError, match="differ from batch_schema.py FIELDS"):
+        batch_lib.check_declared_fields()  # the row alone: the class must declare it too
+
+    @flax.struct.dataclass
+    class Wider(batch_lib.Batch):
+        anchor_lang: typing.Any = None
+    batch_lib.check_declared_fields(Wider)
     host = {"anchor_ids": np.zeros((8, 3), np.int32), "anchor_mask": np.ones((8, 3), np.int32),
             "cand_ids": np.zeros((8, 1, 3), np.int32), "cand_mask": np.ones((8, 1, 3), np.int32),
             "cand_valid": np.ones((8, 1), bool), "anchor_lang": np.arange(8, dtype=np.uint32)}
-    batch = cls.from_host(host)
-    monkeypatch.setattr(batch_lib, "Batch", cls)
+    batch = Wider.from_host(host)
+    monkeypatch.setattr(batch_lib, "Batch", Wider)
     shardings = batch_lib.shardings(_rules((1, 8, 1)), batch)
     assert shardings.anchor_lang.spec == P(("data", "fsdp"))
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from qzhou_jax.batch_schema import FIELDS
+
 
 def _length_groups(batch: Mapping[str, np.ndarray]) -> list[list[str]]:
-    """Per side, the present fields padded on a trailing `length` axis (qzhou_jax/batch.py FIELDS)."""
-    from qzhou_jax.batch import FIELDS
-
+    """Per side, the present fields padded on a trailing `length` axis (batch_schema.py FIELDS)."""
     groups: dict[str, list[str]] = {}
     for name, field in FIELDS.items():
         if field.axes[-1] == "length" and name in batch:

@@ -30,8 +30,8 @@ def _decode(tokenizer, ids, mask) -> str:
 
 def describe_batch(step: int, batch, info, tokenizer, examples: int = 2, width: int = 160) -> str:
     d = int(batch["dataset_id"][0])
-    lines = [f"step {step}: dataset {info.names[d]} ({info.tasks[d]}), "
-             + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())]
+    lines = [f"step {step}: dataset {info.names[d]} ({batch['task']}), "
+             + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if k != "task")]
     for i in range(min(examples, len(batch["dataset_id"]))):
         anchor = _decode(tokenizer, batch["anchor_ids"][i], batch["anchor_mask"][i])
         lines.append(f"  [{i}] anchor: {anchor[:width]!r}")

@@ -7,16 +7,12 @@ embedding: attention never crosses segments (model/attention.py), positions rest
 (model/masks.py), and pooling is per segment (model/pooling.py `embed_segments`). The result equals the padded
 path's embeddings (tests/data/test_packing.py).
 
-Extra batch keys (optional; a batch with `packed_ids` takes the packed branch of train_step.embed_batch):
-
-    'packed_ids'             int32 [R, T]   token ids, texts end to end, pad 0 at the row's end
-    'packed_segment_ids'     int32 [R, T]   1..k per row in placement order, 0 = padding
-    'packed_segment_lengths' int32 [R, S]   tokens of segment s+1 of each row (0: unused); S is static
-    'packed_anchor_index'    int32 [B]      flat index row * S + (segment - 1) of each anchor; -1: empty text
-    'packed_cand_index'      int32 [B, C]   the same for each candidate (invalid "" candidates are empty: -1)
-
-plus the padded batch's small keys (cand_valid, score, labels, dataset_id); the padded token arrays are dropped.
-Positions are not stored: the model derives them from the segment ids (one source of truth).
+The packed layout replaces the padded token fields (anchor_ids / anchor_mask / cand_ids / cand_mask) with the
+schema's packed_* fields (batch_schema.py: packed_ids and packed_segment_ids [R, T], 1..k per row, 0 = padding;
+packed_segment_lengths [R, S]; packed_anchor_index [B] and packed_cand_index [B, C], the flat index row * S +
+(segment - 1) of each text, -1 for an empty one); every other key of the padded batch passes through. A batch with
+`packed_ids` takes the packed branch of train/step.embed_batch. Positions are not stored: the model derives them
+from the segment ids (one source of truth).
 
 Shapes stay bounded so compilation does: T is fixed, the row count R is rounded up to a geometric ladder
 (ratio 2**(1/4), multiples of `row_multiple`, at most the number of texts) and S up to a power of two.
@@ -30,12 +26,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from qzhou_jax.cli_errors import UsageError
+from qzhou_jax.batch_schema import PACKED, PADDED_TOKENS
 
-PACKED_KEYS = ("packed_ids", "packed_segment_ids", "packed_segment_lengths", "packed_anchor_index",
-               "packed_cand_index")
-PACKED_NDIMS = {"packed_ids": 2, "packed_segment_ids": 2, "packed_segment_lengths": 2, "packed_anchor_index": 1,
-                "packed_cand_index": 2}
-_PADDED_TOKEN_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask")
 ROW_RATIO = 2 ** 0.25
 
 
@@ -106,7 +98,7 @@ def pack_batch(batch: Mapping[str, np.ndarray], row_length: int, row_multiple: i
     seg_lengths[row_of[placed], segment_of[placed]] = lengths[placed]
     flat = np.where(placed, row_of * segments + segment_of, -1).astype(np.int32)
 
-    out = {k: np.asarray(v) for k, v in batch.items() if k not in _PADDED_TOKEN_KEYS}
+    out = {k: v for k, v in batch.items() if k not in PADDED_TOKENS}
     out.update(packed_ids=ids, packed_segment_ids=seg_ids, packed_segment_lengths=seg_lengths,
                packed_anchor_index=flat[:b], packed_cand_index=flat[b:].reshape(b, c))
     return out
@@ -126,7 +118,7 @@ def batch_keys(padded_keys, packed: bool) -> tuple[str, ...]:
     """The device batch's keys: the padded layout's, or with its token arrays swapped for the packed ones."""
     if not packed:
         return tuple(padded_keys)
-    return tuple(k for k in padded_keys if k not in _PADDED_TOKEN_KEYS) + PACKED_KEYS
+    return tuple(k for k in padded_keys if k not in PADDED_TOKENS) + PACKED
 
 
 def row_length(packing, spec) -> int:

@@ -13,6 +13,7 @@ checks and inspection without a tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from qzhou_jax.data import adapters, checks, contamination, hub, mixture, packin
 from qzhou_jax.data.contamination import EvaluationTexts
 from qzhou_jax.data.errors import DataError, SkipCounter
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE
+from qzhou_jax.batch_schema import array
 from qzhou_jax.data.spec import DataConfig, DatasetSpec
 from qzhou_jax.data.tokenize import Collator, ExampleBuilder, TokenizeSpec, label_vocabulary
 from qzhou_jax.data.transforms import LabelIndex, both_directions
@@ -200,18 +202,16 @@ def mixture_info(config, datasets: Sequence[LoadedDataset] | None = None, counte
         skipped=counter or SkipCounter(), process_count=process_count)
 
 
-def text_batch(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch function without a tokenizer: strings stay lists, numbers become arrays."""
+def text_batch(examples: Sequence[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
+    """Batch function without a tokenizer: strings stay lists, the schema's small fields become its arrays."""
     return {
         "anchor": [e["anchor"] for e in examples],
         "candidates": [e["candidates"] for e in examples],
-        "cand_valid": np.array([e["cand_valid"] for e in examples], dtype=bool),
-        "score": np.array([e["score"] for e in examples], dtype=np.float32),
-        "labels": np.array([e["labels"] for e in examples], dtype=np.int32),
+        **{name: array(name, [e[name] for e in examples])
+           for name in ("cand_valid", "score", "labels", "anchor_hash", "cand_hash")},
         "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
         "position": np.array([e["position"] for e in examples], dtype=np.int64),
-        "anchor_hash": np.array([e["anchor_hash"] for e in examples], dtype=np.int32),
-        "cand_hash": np.array([e["cand_hash"] for e in examples], dtype=np.int32),
+        "task": task,
     }
 
 
@@ -241,7 +241,8 @@ def build_pipeline(data_config, tokenizer=None, *, process_index: int | None = N
             max_len_query=d.spec.max_len_query, max_len_passage=d.spec.max_len_passage,
             symmetric=d.spec.prompts_candidates, instruction=d.spec.instruction, prompt_sep=config.prompt_sep,
             label_ids=info.label_vocabularies[i])
-        batch_fn = text_batch if tokenizer is None else Collator(tokenizer, spec, config.buckets)
+        batch_fn = (functools.partial(text_batch, task=spec.task) if tokenizer is None
+                    else Collator(tokenizer, spec, config.buckets))
         if config.packing and tokenizer is not None:  # data/packing.py: packed rows with segment ids
             batch_fn = packing.packed_collator(batch_fn, config.packing, row_chunks)
         streams.append(mixture.dataset_stream(

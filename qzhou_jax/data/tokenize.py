@@ -1,13 +1,8 @@
-"""Samples -> the project-wide host batch layout (numpy, right-padded, lengths from a small set of buckets).
-
-    'anchor_ids'  int32 [B, La]      'anchor_mask' int32 [B, La]
-    'cand_ids'    int32 [B, C, Lc]   'cand_mask'   int32 [B, C, Lc]   'cand_valid' bool [B, C]
-    'score'       float32 [B]        pair-score gold; 0 otherwise
-    'labels'      int32 [B, 1 + C]   label ids of anchor then candidates (classification); -1 otherwise
-    'dataset_id'  int32 [B]          index of the dataset in the mixture
-    'anchor_hash' int32 [B]          `text_hash` of the anchor text (normalised, before prompting)
-    'cand_hash'   int32 [B, C]       `text_hash` of each candidate (0 for padding candidates)
-                                     (the losses' duplicate masks: identical texts are never negatives)
+"""Samples -> the project-wide host batch (numpy, right-padded, lengths from a small set of buckets): the padded
+layout of the batch schema (batch_schema.py FIELDS documents every field, dtype and axis), i.e. anchor_ids /
+anchor_mask [B, La], cand_ids / cand_mask [B, C, Lc], cand_valid [B, C], score [B] (pair_score gold, else 0),
+labels [B, 1 + C] (classification label ids, else -1), anchor_hash [B] / cand_hash [B, C] (`text_hash` of each
+normalised text, before prompting: the losses' duplicate masks), plus the host keys dataset_id [B] and task (str).
 
 Two stages, so each runs where it belongs in the Grain pipeline:
 - `ExampleBuilder(samples, spec)(position, rng)` -> text-level example (prompts applied, candidates padded to C
@@ -30,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from qzhou_jax.data.formats import CLASSIFICATION, PAIR_SCORE, RETRIEVAL, check_task
+from qzhou_jax.batch_schema import FIELDS, HOST_KEYS, PACKED, array
 from qzhou_jax.data.transforms import LabelIndex, example_based_triplet, text_hash
 from qzhou_jax.tokenizer import bucket_length, format_query, pad_rows
 
-BATCH_KEYS = ("anchor_ids", "anchor_mask", "cand_ids", "cand_mask", "cand_valid", "score", "labels", "dataset_id",
-              "anchor_hash", "cand_hash")
+# What a padded host batch holds: every schema field but the packed ones, and the host keys.
+BATCH_KEYS = tuple(n for n in FIELDS if n not in PACKED) + HOST_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +147,7 @@ class Collator:
         length = bucket_length(max(1, max(map(len, rows), default=0)), buckets)
         return pad_rows(rows, length, self.pad_id, "right")
 
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         b, c = len(examples), self.spec.num_candidates
         anchor_ids, anchor_mask = self._encode([e["anchor"] for e in examples], self.spec.max_len_query,
                                                self.query_buckets, [e.get("anchor_keep_suffix", 0) for e in examples])
@@ -162,12 +158,13 @@ class Collator:
             "anchor_mask": anchor_mask,
             "cand_ids": cand_ids.reshape(b, c, -1),
             "cand_mask": cand_mask.reshape(b, c, -1),
-            "cand_valid": np.array([e["cand_valid"] for e in examples], dtype=bool).reshape(b, c),
-            "score": np.array([e["score"] for e in examples], dtype=np.float32),
-            "labels": np.array([e["labels"] for e in examples], dtype=np.int32).reshape(b, 1 + c),
+            "cand_valid": array("cand_valid", [e["cand_valid"] for e in examples], (b, c)),
+            "score": array("score", [e["score"] for e in examples]),
+            "labels": array("labels", [e["labels"] for e in examples], (b, 1 + c)),
             "dataset_id": np.array([e["dataset_id"] for e in examples], dtype=np.int32),
+            "task": self.spec.task,
         }
         if "anchor_hash" in examples[0]:  # ExampleBuilder's examples carry them; hand-made ones may not
-            batch["anchor_hash"] = np.array([e["anchor_hash"] for e in examples], dtype=np.int32)
-            batch["cand_hash"] = np.array([e["cand_hash"] for e in examples], dtype=np.int32).reshape(b, c)
+            batch["anchor_hash"] = array("anchor_hash", [e["anchor_hash"] for e in examples])
+            batch["cand_hash"] = array("cand_hash", [e["cand_hash"] for e in examples], (b, c))
         return batch

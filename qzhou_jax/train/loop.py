@@ -30,6 +30,7 @@ from qzhou_jax import model as qmodel
 from qzhou_jax.config import load_config  # noqa: F401 - the one config loader; train.load_config stays valid
 from qzhou_jax.config.defaults import REQUIRED
 from qzhou_jax.data import global_batch, pipeline as data_pipeline
+from qzhou_jax.batch_schema import device_fields
 from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.eval import tasks as eval_tasks
 from qzhou_jax.train.metrics import MetricsWriter, Progress
@@ -45,7 +46,7 @@ from qzhou_jax.cli_errors import RunFailed
 
 log = logging.getLogger("qzhou_jax.train")
 
-BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (qzhou_jax/batch.py)
+BATCH_KEYS = tuple(batch_lib.FIELDS)  # the device fields of a host batch (batch_schema.py)
 
 
 class NonFiniteError(RunFailed):
@@ -98,7 +99,7 @@ class StateAndSteps:
     rules: sharding.ShardingRules
     tx: Any                      # the optax transformation
     abstract_state: Any          # ShapeDtypeStructs carrying their shardings
-    steps: dict[str, Any]        # task type -> step function
+    step: Any                    # the step function (train/step.make_step_fn): every task type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +114,8 @@ class StepRecord:
 
 
 def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks) -> StateAndSteps:
-    """What the loop and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and one
-    step function per task type. Nothing is allocated."""
+    """What the loop and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and the
+    step function. Nothing is allocated."""
     rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(model_config))
     update_mask = (lambda params: qmodel.trainable_mask(params, model_config)) if model_config.frozen_layers else None
     tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps), update_mask=update_mask)
@@ -126,22 +127,21 @@ def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks) -> StateA
         problem = gradcache_balance(int(batch_sizes[task]), chunks, rules.batch_devices)
         if problem:
             log.warning("%s: %s", task, problem)
-    steps = {task: make_step_fn(task, config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
-                                gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
-             for task in sorted(set(tasks))}
-    return StateAndSteps(rules, tx, state, steps)
+    step = make_step_fn(config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
+                        gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
+    return StateAndSteps(rules, tx, state, step)
 
 
 def to_device_batch(host_batch, rules) -> batch_lib.Batch:
-    """This host's numpy batch -> the global typed Batch, each field sharded as its logical axes say."""
-    names = [n for n in batch_lib.FIELDS if host_batch.get(n) is not None]
-    arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, names))
-    return batch_lib.Batch.from_host(arrays)
+    """This host's numpy batch -> the global typed Batch (its task included), each field sharded as its logical
+    axes say: the one conversion, and the one check, between the data pipeline and the step."""
+    arrays = global_batch.to_global(host_batch, batch_lib.host_shardings(rules, device_fields(host_batch)))
+    return batch_lib.Batch.from_host(arrays, task=host_batch["task"])
 
 
 class CompiledSteps:
-    """A compile cache plus a cross-host barrier: the loop's step functions, each (task, batch shapes) compiled
-    ahead of its first run, once.
+    """A compile cache plus a cross-host barrier: the loop's step function, compiled ahead of its first run once
+    per batch structure (task, present fields) and shapes.
 
     The compile time is logged (minutes for a 7B step on a pod; otherwise that step just looks slow), and with
     several processes the hosts meet at a barrier before running a new program: hosts that reach its collectives
@@ -150,18 +150,18 @@ class CompiledSteps:
     (jax-ml/jax#40831, reproduced here). The barrier is an all-gather, which waits.
     """
 
-    def __init__(self, steps: dict[str, Any], mesh):
-        self.steps, self.mesh, self.compiled = steps, mesh, {}
+    def __init__(self, step, mesh):
+        self.step, self.mesh, self.compiled = step, mesh, {}
 
-    def __call__(self, task: str, state, batch: batch_lib.Batch):
-        leaves, tree = jax.tree.flatten(batch)
-        key = (task, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
+    def __call__(self, state, batch: batch_lib.Batch):
+        leaves, tree = jax.tree.flatten(batch)  # the tree holds the task (static) and which fields are present
+        key = (tree, tuple((x.shape, str(x.dtype)) for x in leaves))
         fn = self.compiled.get(key)
         if fn is None:
             t = time.time()
             with mesh_context(self.mesh):
-                fn = self.steps[task].jitted_for(batch).lower(state, batch).compile()
-            log.info("compiled the %s step for %s in %.1fs", task,
+                fn = self.step.jitted_for(batch).lower(state, batch).compile()
+            log.info("compiled the %s step for %s in %.1fs", batch.task,
                      {k: tuple(v.shape) for k, v in batch.present().items()}, time.time() - t)
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
@@ -285,7 +285,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     progress = Progress(total_steps, start_step)
     evaluator = _make_evaluator(cfg, model_config, tokenizer)
     stop = loop_guards.StopRequest(manager)
-    compiled_steps = CompiledSteps(built.steps, mesh)
+    compiled_steps = CompiledSteps(built.step, mesh)
     stall = loop_guards.StallDetector(cfg.train.stall_steps)
     peak = peak_flops(cfg)
     log.info("setup took %.1fs; training steps %d -> %d", time.time() - t_setup, start_step, total_steps)
@@ -304,13 +304,11 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
         while step < total_steps:
             checkpoint.check_background_save(manager)  # a failed async save stops the run now, not at the next
             host_batch = next(data_iter)
-            dataset_id = int(host_batch["dataset_id"][0])
-            task = info.tasks[dataset_id]
             batch = to_device_batch(host_batch, rules)
-            state, metrics = compiled_steps(task, state, batch)
+            state, metrics = compiled_steps(state, batch)
             step += 1
             shapes = [batch.packed_ids.shape] * 2 if batch.packed else [batch.anchor_ids.shape, batch.cand_ids.shape]
-            window.append(StepRecord(task, dataset_id, metrics, *shapes))
+            window.append(StepRecord(batch.task, int(host_batch["dataset_id"][0]), metrics, *shapes))
 
             if step % cfg.train.log_every == 0 or step == total_steps:
                 jax.block_until_ready(metrics)  # steps run asynchronously: time them when they are done
@@ -321,7 +319,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
                 _check_finite(scalars, cfg.train.max_consecutive_nonfinite)
                 last_losses.append(scalars["loss"])
                 writer.write(step, scalars)
-                print(progress.line(step, {**scalars, "task": task}), flush=True)
+                print(progress.line(step, {**scalars, "task": batch.task}), flush=True)
                 window = []
 
             eval_metrics = None

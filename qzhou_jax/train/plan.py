@@ -137,7 +137,7 @@ def plan(cfg, topology: str, *, mfu: float = 0.4, hbm_gib: float = 0.0, devices=
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices)
     shapes = task_shapes(cfg)
     built = train.build_state_and_steps(cfg, model_config, mesh, list(shapes))
-    rules, state, steps = built.rules, built.abstract_state, built.steps
+    rules, state, step = built.rules, built.abstract_state, built.step
     budget = hbm_gib * GiB if hbm_gib else chip.hbm_bytes
     chunks = int(cfg.train.gradcache_chunks or 0)
     factor = executed_flops_factor(model_config.remat_policy, chunks)
@@ -145,7 +145,7 @@ def plan(cfg, topology: str, *, mfu: float = 0.4, hbm_gib: float = 0.0, devices=
     for task, s in sorted(shapes.items()):
         batch = batch_lib.abstract(task, rules=rules, **s)
         with mesh_context(mesh):
-            compiled = steps[task].jitted_for(batch).lower(state, batch).compile()
+            compiled = step.jitted_for(batch).lower(state, batch).compile()
         mem = compiled.memory_analysis()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost

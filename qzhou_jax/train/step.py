@@ -1,8 +1,9 @@
 """One training step: embed the global batch, take the task's loss, update with Optax. Pure functions for jit.
 
 The loss sees the embeddings of the whole global batch (the arrays are sharded over the mesh's batch axes and
-XLA inserts the gathers), so in-batch negatives cross devices. One compiled step per task type, since their
-batch shapes and losses differ.
+XLA inserts the gathers), so in-batch negatives cross devices. Every function here takes the typed `Batch`
+(qzhou_jax/batch.py, made once at the device boundary); its static `task` picks the loss, and since it is part
+of the pytree structure, jit compiles one program per task type (their shapes and losses differ).
 
 GradCache (Gao et al. 2021; Tevatron/cachex in JAX) keeps activation memory independent of the batch size: (1)
 embed the batch chunk by chunk without keeping activations, (2) take the loss and its gradient with respect to the
@@ -77,28 +78,16 @@ def _embed_side(params, config: ModelConfig, side: str, inputs: dict[str, jax.Ar
 
 def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Anchors [B, E] and candidates [B, C, E], L2-normalised float32."""
-    batch = _as_batch(batch)
     if batch.packed:
         return embed_packed_batch(params, config, batch)
     return (_embed_side(params, config, "anchor", batch.side_inputs("anchor")),
             _embed_side(params, config, "cand", batch.side_inputs("cand")))
 
 
-def _loss_from_embeddings(a, c, batch: Batch, task: str, loss_config: losses.LossConfig):
-    batch = _as_batch(batch)
-    return losses.task_loss(a, c, batch if batch.task else batch.replace(task=task), loss_config)
-
-
-def _as_batch(batch) -> Batch:
-    return batch if isinstance(batch, Batch) else Batch.from_host(batch)
-
-
-def plain_loss_and_grads(params, config, loss_config, task, batch):
-    batch = _as_batch(batch)
-
+def plain_loss_and_grads(params, config, loss_config, batch: Batch):
     def loss_fn(p):
         a, c = embed_batch(p, config, batch)
-        return _loss_from_embeddings(a, c, batch, task, loss_config)
+        return losses.task_loss(a, c, batch, loss_config)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, metrics, grads
 
@@ -136,10 +125,9 @@ def _even_chunks(batch_size: int, batch_devices: int) -> str:
     return ", ".join(map(str, ok[:4])) or "none: use fewer batch devices"
 
 
-def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks: int):
-    batch = _as_batch(batch)
+def gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int):
     if batch.packed:
-        return _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunks)
+        return _packed_gradcache_loss_and_grads(params, config, loss_config, batch, num_chunks)
     b = batch.size
     if b % num_chunks:
         raise ValueError(f"batch size {b} is not divisible by gradcache chunks {num_chunks}")
@@ -156,7 +144,7 @@ def gradcache_loss_and_grads(params, config, loss_config, task, batch, num_chunk
 
     # (2) loss over the whole global batch, gradient with respect to the embeddings.
     def loss_fn(a, cands):
-        return _loss_from_embeddings(a, cands, batch, task, loss_config)
+        return losses.task_loss(a, cands, batch, loss_config)
     (loss, metrics), (g_a, g_c) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(reps["anchor"],
                                                                                           reps["cand"])
 
@@ -188,7 +176,7 @@ def _segment_table(params, config: ModelConfig, ids, segment_ids, num_segments: 
     return qmodel.embed_segments(hidden, segment_ids, num_segments, slots, config.pooling)
 
 
-def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: Batch, num_chunks: int):
+def _packed_gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int):
     """GradCache over packed rows. A packed row mixes texts of different examples, so chunks are groups of rows,
     not of examples: (1) every chunk's segment embeddings without activations, (2) the loss and its gradient
     with respect to those embedding tables (anchors and candidates are picked from them by the batch's flat
@@ -215,8 +203,7 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: B
         def pick(index):
             picked = jnp.take(flat, jnp.maximum(stacked_slot(index), 0), axis=0)
             return jnp.where((index >= 0)[..., None], picked, 0.0)  # empty text: 0, as the padded path
-        return _loss_from_embeddings(pick(batch.packed_anchor_index), pick(batch.packed_cand_index), batch, task,
-                                     loss_config)
+        return losses.task_loss(pick(batch.packed_anchor_index), pick(batch.packed_cand_index), batch, loss_config)
     (loss, metrics), g_tables = jax.value_and_grad(loss_fn, has_aux=True)(tables)
 
     grads = _chunked_backward(lambda p, xs: _segment_table(p, config, xs[0], xs[1], num_segments), params,
@@ -225,20 +212,14 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, task, batch: B
 
 
 # ------------------------------------------------------------------------------------------------ the step
-def count_tokens(batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Real (non-pad) tokens of the anchors and of the valid candidates."""
-    return _as_batch(batch).count_tokens()
-
-
-def train_step(state: TrainState, batch: Batch, *, task: str, config: ModelConfig,
-               loss_config: losses.LossConfig, tx: optax.GradientTransformation, schedule,
+def train_step(state: TrainState, batch: Batch, *, config: ModelConfig, loss_config: losses.LossConfig,
+               tx: optax.GradientTransformation, schedule,
                gradcache_chunks: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
-    batch = _as_batch(batch)
+    """One optimizer step on the global batch, with the loss of `batch.task`."""
     if gradcache_chunks and gradcache_chunks > 1:
-        loss, metrics, grads = gradcache_loss_and_grads(state.params, config, loss_config, task, batch,
-                                                        gradcache_chunks)
+        loss, metrics, grads = gradcache_loss_and_grads(state.params, config, loss_config, batch, gradcache_chunks)
     else:
-        loss, metrics, grads = plain_loss_and_grads(state.params, config, loss_config, task, batch)
+        loss, metrics, grads = plain_loss_and_grads(state.params, config, loss_config, batch)
     params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
     consecutive, total = optim.nonfinite_counts(opt_state)
     anchor_tokens, cand_tokens = batch.count_tokens()
@@ -274,16 +255,17 @@ def mesh_context(mesh):
     return jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh
 
 
-def make_step_fn(task: str, *, config: ModelConfig, loss_config, tx, schedule, gradcache_chunks: int,
+def make_step_fn(*, config: ModelConfig, loss_config, tx, schedule, gradcache_chunks: int,
                  rules: sharding.ShardingRules, state_shardings):
-    """jit-compiled step for one task type, with named in/out shardings (all from `rules`) and the state donated.
+    """The jit-compiled step for every task type, with named in/out shardings (all from `rules`) and the state
+    donated. `run(state, batch)` takes a `Batch`; its task picks the loss.
 
-    The batch's in-shardings come from its fields' logical axes (batch.FIELDS through `rules`); one jitted
-    function per set of present fields (optional fields change the pytree). `run.jitted_for(batch)` gives the
+    The batch's in-shardings come from its fields' logical axes (batch_schema.py FIELDS through `rules`); one
+    jitted function per task and set of present fields (both change the pytree). `run.jitted_for(batch)` gives the
     jitted function for a (possibly abstract) batch, e.g. to `.lower(state, batch).compile()` ahead of time.
     """
-    step = functools.partial(train_step, task=task, config=config, loss_config=loss_config, tx=tx,
-                             schedule=schedule, gradcache_chunks=gradcache_chunks)
+    step = functools.partial(train_step, config=config, loss_config=loss_config, tx=tx, schedule=schedule,
+                             gradcache_chunks=gradcache_chunks)
 
     def with_rules(state, batch):
         with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
@@ -292,14 +274,13 @@ def make_step_fn(task: str, *, config: ModelConfig, loss_config, tx, schedule, g
     cache: dict[tuple[str, ...], Any] = {}
 
     def jitted_for(batch: Batch):
-        key = tuple(batch.present())
+        key = (batch.task, tuple(batch.present()))
         if key not in cache:
             cache[key] = jax.jit(with_rules, in_shardings=(state_shardings, batch_lib.shardings(rules, batch)),
                                  out_shardings=(state_shardings, rules.replicated()), donate_argnums=0)
         return cache[key]
 
-    def run(state, batch):
-        batch = _as_batch(batch)
+    def run(state, batch: Batch):
         with mesh_context(rules.mesh):
             return jitted_for(batch)(state, batch)
     run.jitted_for = jitted_for

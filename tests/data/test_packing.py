@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from qzhou_jax import losses
+from qzhou_jax.batch import Batch
 from qzhou_jax.train import step as train_step
 from qzhou_jax.data import packing
 from qzhou_jax.model import init_params, preset
@@ -26,7 +27,7 @@ def padded_batch(seed, b=4, c=3, query_len=64, passage_len=192):
     batch = {"anchor_ids": np.zeros((b, la), np.int32), "anchor_mask": np.zeros((b, la), np.int32),
              "cand_ids": np.zeros((b, c, lc), np.int32), "cand_mask": np.zeros((b, c, lc), np.int32),
              "cand_valid": valid, "score": np.zeros(b, np.float32), "labels": -np.ones((b, 1 + c), np.int32),
-             "dataset_id": np.zeros(b, np.int32)}
+             "dataset_id": np.zeros(b, np.int32), "task": "retrieval"}
     for i in range(b):
         batch["anchor_ids"][i, :q_len[i]] = rng.integers(1, CFG.vocab_size, q_len[i])
         batch["anchor_mask"][i, :q_len[i]] = 1
@@ -71,7 +72,7 @@ def padding_is_lower(padded, packed):
 
 
 def _loss(a, c, batch):
-    return train_step._loss_from_embeddings(a, c, batch, "retrieval", losses.LossConfig())[0]
+    return losses.task_loss(a, c, batch, losses.LossConfig())[0]
 
 
 def _loss_fn(cfg):
@@ -88,8 +89,8 @@ def test_packed_embeddings_and_loss_equal_padded(attention, pooling):
     packed = packing.pack_batch(batch, row_length=256)
     assert packed["packed_ids"].shape[0] < 4 * 4  # really packed: fewer rows than texts
     loss = jax.jit(_loss_fn(cfg))
-    l0, (a0, c0) = loss(PARAMS, batch)
-    l1, (a1, c1) = loss(PARAMS, packed)
+    l0, (a0, c0) = loss(PARAMS, Batch.from_host(batch))
+    l1, (a1, c1) = loss(PARAMS, Batch.from_host(packed))
     np.testing.assert_allclose(a1, a0, atol=1e-5)
     valid = batch["cand_valid"]  # an invalid "" candidate: 0 packed; padded mean pooling gives 0 too, last not
     np.testing.assert_allclose(np.asarray(c1)[valid], np.asarray(c0)[valid], atol=1e-5)
@@ -97,8 +98,8 @@ def test_packed_embeddings_and_loss_equal_padded(attention, pooling):
     if pooling == "mean":
         assert np.abs(np.asarray(c0)[~valid]).max() == 0
     assert abs(float(l1) - float(l0)) <= 1e-5
-    np.testing.assert_array_equal([int(t) for t in train_step.count_tokens(packed)],
-                                  [int(t) for t in train_step.count_tokens(batch)])
+    np.testing.assert_array_equal([int(t) for t in Batch.from_host(packed).count_tokens()],
+                                  [int(t) for t in Batch.from_host(batch).count_tokens()])
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def test_packed_gradients_equal_padded():
     batch = padded_batch(3)
     packed = packing.pack_batch(batch, row_length=256)
     grad = jax.jit(jax.grad(lambda p, b: _loss_fn(CFG)(p, b)[0]))
-    g0, g1 = grad(PARAMS, batch), grad(PARAMS, packed)
+    g0, g1 = grad(PARAMS, Batch.from_host(batch)), grad(PARAMS, Batch.from_host(packed))
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):  # fp32 sums in another order: relative to scale
         assert np.abs(np.asarray(x) - np.asarray(y)).max() <= 2e-5 * np.abs(np.asarray(y)).max() + 1e-7
 
@@ -114,7 +115,7 @@ def test_packed_gradients_equal_padded():
 def test_segments_do_not_leak():
     batch = padded_batch(2)
     packed = packing.pack_batch(batch, row_length=256)
-    a0, c0 = embed_batch(PARAMS, CFG, packed)
+    a0, c0 = embed_batch(PARAMS, CFG, Batch.from_host(packed))
     # Perturb one token of candidate (0, 0); the layout is unchanged (same lengths).
     r, k = divmod(int(packed["packed_cand_index"][0, 0]), packed["packed_segment_lengths"].shape[1])
     neighbours = packed["packed_segment_ids"][r] > 0
@@ -122,7 +123,7 @@ def test_segments_do_not_leak():
     perturbed = dict(packed, packed_ids=packed["packed_ids"].copy())
     pos = np.flatnonzero(packed["packed_segment_ids"][r] == k + 1)[0]
     perturbed["packed_ids"][r, pos] = (perturbed["packed_ids"][r, pos] + 7) % CFG.vocab_size
-    a1, c1 = embed_batch(PARAMS, CFG, perturbed)
+    a1, c1 = embed_batch(PARAMS, CFG, Batch.from_host(perturbed))
     changed = np.abs(np.asarray(c1) - np.asarray(c0)).max(-1)
     assert changed[0, 0] > 1e-3
     changed[0, 0] = 0
@@ -159,11 +160,11 @@ def test_gradcache_over_packed_rows_equals_plain_packed_and_padded(chunks):
     rows = packed["packed_ids"].shape[0]
     assert rows % chunks == 0 and rows >= chunks
     loss_config = losses.LossConfig()
-    plain = jax.jit(lambda p, b: train_step.plain_loss_and_grads(p, CFG, loss_config, "retrieval", b))
-    cached = jax.jit(lambda p, b: train_step.gradcache_loss_and_grads(p, CFG, loss_config, "retrieval", b, chunks))
-    l_pad, m_pad, g_pad = plain(PARAMS, batch)
-    l_plain, _, g_plain = plain(PARAMS, packed)
-    l_cache, m_cache, g_cache = cached(PARAMS, packed)
+    plain = jax.jit(lambda p, b: train_step.plain_loss_and_grads(p, CFG, loss_config, b))
+    cached = jax.jit(lambda p, b: train_step.gradcache_loss_and_grads(p, CFG, loss_config, b, chunks))
+    l_pad, m_pad, g_pad = plain(PARAMS, Batch.from_host(batch))
+    l_plain, _, g_plain = plain(PARAMS, Batch.from_host(packed))
+    l_cache, m_cache, g_cache = cached(PARAMS, Batch.from_host(packed))
     assert abs(float(l_cache) - float(l_plain)) <= 1e-5 and abs(float(l_cache) - float(l_pad)) <= 1e-5
     assert float(m_cache["accuracy"]) == float(m_pad["accuracy"])
     for ref in (g_plain, g_pad):
@@ -172,8 +173,7 @@ def test_gradcache_over_packed_rows_equals_plain_packed_and_padded(chunks):
     odd = packing.pack_batch(batch, row_length=256, row_multiple=1)
     if odd["packed_ids"].shape[0] % 4:
         with pytest.raises(ValueError, match="not divisible by gradcache chunks"):
-            train_step.gradcache_loss_and_grads(PARAMS, CFG, loss_config, "retrieval",
-                                                {k: jnp.asarray(v) for k, v in odd.items()}, 4)
+            train_step.gradcache_loss_and_grads(PARAMS, CFG, loss_config, Batch.from_host(odd), 4)
 
 
 def test_pipeline_packs_the_same_batches(tmp_path, tokenizer, write_jsonl):

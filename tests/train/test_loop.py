@@ -190,7 +190,7 @@ def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_runn
                                                         weight_decay=0.0, grad_clip=1.0, grad_accum_steps=1)), 10)
     rules = sharding.ShardingRules.for_params(sharding.make_mesh((-1, 1, 1)), *qmodel.abstract_params(CFG))
     _, state_shardings = abstract_state(CFG, tx, rules)
-    step = make_step_fn("retrieval", config=CFG, loss_config=losses.LossConfig(), tx=tx, schedule=schedule,
+    step = make_step_fn(config=CFG, loss_config=losses.LossConfig(), tx=tx, schedule=schedule,
                         gradcache_chunks=0, rules=rules, state_shardings=state_shardings)
     init = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)
     host = [make_batch("retrieval", seed=0), make_batch("retrieval", seed=1), make_batch("retrieval", la=8, seed=2)]
@@ -200,11 +200,11 @@ def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_runn
     events = []
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append(name))
-    aligned = train.CompiledSteps({"retrieval": step}, rules.mesh)
+    aligned = train.CompiledSteps(step, rules.mesh)
     state = init(jax.device_put(PARAMS, state_shardings.params))
     got = []
     for b in batches:
-        state, metrics = aligned("retrieval", state, b)
+        state, metrics = aligned(state, b)
         got.append(float(metrics["loss"]))
         events.append(f"ran {len(aligned.compiled)}")
     assert len(aligned.compiled) == 2  # the third batch's anchors are longer: a second program

@@ -38,6 +38,7 @@ def make_batch(task, b=8, c=3, la=6, lc=10, seed=0):
         "cand_valid": valid,
         "score": rng.uniform(0, 5, b).astype(np.float32),
         "labels": rng.integers(0, 3, (b, 1 + c)).astype(np.int32),
+        "task": task,
     }
 
 
@@ -55,7 +56,7 @@ def _sharded_loss_and_grads(mesh_shape, task, batch):
 
     def fn(p, b):
         with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
-            loss, _, grads = plain_loss_and_grads(p, CFG, LOSS, task, b)
+            loss, _, grads = plain_loss_and_grads(p, CFG, LOSS, b)
         return loss, grads
     with mesh_context(mesh):
         loss, grads = jax.jit(fn, in_shardings=(p_shardings, b_sh),
@@ -77,7 +78,7 @@ def assert_grads_close(grads, ref, tol=1e-5):
 ])
 def test_loss_and_grads_do_not_depend_on_mesh(task, shapes):
     batch = make_batch(task)
-    ref_loss, _, ref_grads = plain_loss_and_grads(PARAMS, CFG, LOSS, task, batch)
+    ref_loss, _, ref_grads = plain_loss_and_grads(PARAMS, CFG, LOSS, Batch.from_host(batch))
     for shape in shapes:
         loss, grads, _ = _sharded_loss_and_grads(shape, task, batch)
         np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5, atol=1e-5)
@@ -99,10 +100,10 @@ def test_params_are_sharded_as_the_rules_say():
 
 @pytest.mark.parametrize("task", ["retrieval", "classification", "pair_score"])
 def test_gradcache_matches_plain_gradients(task):
-    batch = make_batch(task, b=8)
-    loss, _, grads = plain_loss_and_grads(PARAMS, CFG, LOSS, task, batch)
+    batch = Batch.from_host(make_batch(task, b=8))
+    loss, _, grads = plain_loss_and_grads(PARAMS, CFG, LOSS, batch)
     gc_loss, _, gc_grads = jax.jit(functools.partial(gradcache_loss_and_grads, config=CFG, loss_config=LOSS,
-                                                     task=task, num_chunks=4))(PARAMS, batch=batch)
+                                                     num_chunks=4))(PARAMS, batch=batch)
     np.testing.assert_allclose(float(gc_loss), float(loss), rtol=1e-6)
     assert_grads_close(gc_grads, grads)
 
@@ -114,10 +115,10 @@ def _temp_bytes(fn, batch):
 
 def test_gradcache_activation_memory_is_flat_in_batch_size():
     big_cfg = CFG
-    plain = lambda p, b: plain_loss_and_grads(p, big_cfg, LOSS, "retrieval", b)[2]  # noqa: E731
-    small, large = make_batch("retrieval", b=8, lc=64), make_batch("retrieval", b=32, lc=64)
+    plain = lambda p, b: plain_loss_and_grads(p, big_cfg, LOSS, b)[2]  # noqa: E731
+    small, large = (Batch.from_host(make_batch("retrieval", b=b, lc=64)) for b in (8, 32))
     gc = lambda chunk: lambda p, b: gradcache_loss_and_grads(  # noqa: E731
-        p, big_cfg, LOSS, "retrieval", b, b["anchor_ids"].shape[0] // chunk)[2]
+        p, big_cfg, LOSS, b, b.size // chunk)[2]
     plain_small, plain_large = _temp_bytes(plain, small), _temp_bytes(plain, large)
     gc_small, gc_large = _temp_bytes(gc(4), small), _temp_bytes(gc(4), large)
     assert plain_large > 2.5 * plain_small  # activations grow with the batch...
@@ -137,7 +138,7 @@ def test_train_step_updates_and_skips_nonfinite():
     p_sh = st_sh.params
     batch = make_batch("retrieval")
     b_sh = batch_lib.shardings(rules, Batch.from_host(batch))
-    step = make_step_fn("retrieval", config=CFG, loss_config=LOSS, tx=tx, schedule=schedule, gradcache_chunks=0,
+    step = make_step_fn(config=CFG, loss_config=LOSS, tx=tx, schedule=schedule, gradcache_chunks=0,
                         rules=rules, state_shardings=st_sh)
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(jax.device_put(PARAMS, p_sh))
     before = np.asarray(state.params["embedding"])

@@ -1,7 +1,7 @@
 """The batch schema: ONE table names every field of a training batch, its dtype, logical axes and whether it may be
-absent. Pure Python and NumPy, below everything that makes or reads batches: the host side builds its arrays from
-it (data/tokenize.py, data/packing.py, data/pipeline.py, data/global_batch.py) and the device side's typed `Batch`
-(qzhou_jax/batch.py) checks itself against it, so a new field is one row here.
+absent. Pure Python and NumPy with no project imports, below everything that makes or reads batches: the host side
+builds its arrays from it (data/tokenize.py, data/packing.py, data/pipeline.py, data/global_batch.py, without JAX)
+and the device side's typed `Batch` (qzhou_jax/batch.py) declares one attribute per row, checked against it.
 
     FIELDS["cand_ids"] = Field("int32", ("batch", "cand", "length"), side="cand")
 
@@ -12,7 +12,7 @@ type; it picks the step and the loss).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,10 +63,3 @@ def array(name: str, values: Any, shape: Sequence[int] | None = None) -> np.ndar
     """`values` as field `name`'s numpy array: the table's dtype, optionally reshaped (the collators' one way)."""
     x = np.asarray(values, dtype=FIELDS[name].dtype)
     return x.reshape(shape) if shape is not None else x
-
-
-def check_host_fields(names: Iterable[str], where: str = "batch") -> None:
-    """A host batch may hold schema fields and host keys only (a field the table lacks would be dropped silently)."""
-    unknown = sorted(set(names) - set(FIELDS) - set(HOST_KEYS))
-    if unknown:
-        raise KeyError(f"{where}: unknown field(s) {unknown}; add a row to qzhou_jax/data/schema.py FIELDS")
