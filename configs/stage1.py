@@ -17,6 +17,7 @@ def recipe_numbers(c) -> None:
     c.loss.tau = 0.02                # docs/recipe.md section 3 (InfoNCE temperature)
     c.loss.cosent_tau = 0.02         # docs/recipe.md section 3 (unconfirmed: the same tau for CoSENT?)
     c.optim.warmup_steps = 300       # docs/recipe.md section 6
+    c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8  # docs/recipe.md section 6: "Adam", values not stated
     c.optim.weight_decay = 0.01      # docs/recipe.md section 6 (unconfirmed)
     c.optim.decay = "linear"         # docs/recipe.md section 6 (not stated: linear to 0)
     c.optim.final_lr_ratio = 0.0     # docs/recipe.md section 6 (not stated)
