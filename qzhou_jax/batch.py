@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qzhou_jax.constraints import replicated
-from qzhou_jax.batch_schema import FIELDS, HOST_KEYS, PACKED, PADDED_TOKENS, Field
+from qzhou_jax.batch_schema import FIELDS, HOST_KEYS, PACKED, PADDED_TOKENS, TASK_FIELDS, Field
 
 __all__ = ["Batch", "FIELDS", "Field", "HOST_KEYS", "abstract", "check_declared_fields", "field_sharding",
            "host_shardings", "shardings"]
@@ -81,6 +81,8 @@ class Batch:
             raise KeyError(f"{where}: a batch has either the padded token fields {list(PADDED_TOKENS)} or the packed "
                            f"ones {list(PACKED)}, not {'both' if 'anchor_ids' in values else 'neither'}")
         _check_axis_sizes(values, where)
+        if task is not None:
+            _check_task_fields(str(task), values, where)
         return cls(**values, task=None if task is None else str(task))
 
     def present(self) -> dict[str, Any]:
@@ -141,6 +143,17 @@ def _check_axis_sizes(values: Mapping[str, Any], where: str) -> None:
             if size_first != size:
                 raise ValueError(f"{where}: fields {first!r} {tuple(np.shape(values[first]))} and {name!r} "
                                  f"{tuple(np.shape(value))} disagree on the {axis} axis")
+
+
+def _check_task_fields(task: str, values: Mapping[str, Any], where: str) -> None:
+    if task not in TASK_FIELDS:
+        raise ValueError(f"{where}: unknown task {task!r}; expected one of {tuple(TASK_FIELDS)}")
+    missing = [n for n in TASK_FIELDS[task] if n not in values]
+    if missing:
+        raise KeyError(f"{where}: a {task} batch needs field(s) {missing}")
+    if task == "pair_score" and values["cand_valid"].shape[1] != 1:  # CoSENT scores (text_a, text_b) pairs
+        raise ValueError(f"{where}: a pair_score batch has one candidate (text_b) per row, got "
+                         f"{values['cand_valid'].shape[1]}")
 
 
 # -------------------------------------------------------------------------------------------- shardings

@@ -51,6 +51,8 @@ FIELDS: dict[str, Field] = {
 }
 PADDED_TOKENS = tuple(n for n, f in FIELDS.items() if f.side is not None)  # the padded layout's model inputs
 PACKED = tuple(n for n in FIELDS if n.startswith("packed_"))               # the packed layout's
+# The fields a batch of each task type must carry beyond the required ones: what its loss reads (losses/).
+TASK_FIELDS = {"retrieval": (), "pair_score": ("score",), "classification": ("labels",)}
 HOST_KEYS = ("dataset_id", "task")  # in host batches only: read by the loop, never sent to devices
 
 

@@ -129,7 +129,7 @@ def test_host_batch_is_checked_against_the_table():
             "cand_valid": np.ones((2, 1), bool), "dataset_id": np.zeros(2, np.int32), "task": "retrieval"}
     batch = batch_lib.Batch.from_host(good)
     assert batch.score is None and batch.size == 2 and len(jax.tree.leaves(batch)) == 5
-    assert batch.task == "retrieval" and batch_lib.Batch.from_host(good, task="pair_score").task == "pair_score"
+    assert batch.task == "retrieval" and batch_lib.Batch.from_host(good, task=None).task == "retrieval"
     assert [int(x) for x in batch.count_tokens()] == [6, 6]
     with pytest.raises(KeyError, match="unknown field.*'anchor_lang'.*FIELDS"):
         batch_lib.Batch.from_host({**good, "anchor_lang": np.zeros(2, np.uint32)})
@@ -147,6 +147,17 @@ def test_host_batch_is_checked_against_the_table():
     with pytest.raises(ValueError, match="'cand_ids' .* and 'labels' .* disagree on the cand axis"):
         batch_lib.Batch.from_host({**good, "labels": np.zeros((2, 3), np.int32)})
     batch_lib.Batch.from_host({**good, "labels": np.zeros((2, 2), np.int32), "cand_hash": np.zeros((2, 1), np.int32)})
+    # What the batch's task needs: its loss's fields, CoSENT's single candidate, a known task.
+    with pytest.raises(KeyError, match="a classification batch needs field.*'labels'"):
+        batch_lib.Batch.from_host(good, task="classification")
+    with pytest.raises(KeyError, match="a pair_score batch needs field.*'score'"):
+        batch_lib.Batch.from_host(good, task="pair_score")
+    two = {**good, "cand_ids": np.zeros((2, 2, 3), np.int32), "cand_mask": np.ones((2, 2, 3), np.int32),
+           "cand_valid": np.ones((2, 2), bool), "score": np.zeros(2, np.float32)}
+    with pytest.raises(ValueError, match="pair_score batch has one candidate"):
+        batch_lib.Batch.from_host(two, task="pair_score")
+    with pytest.raises(ValueError, match="unknown task 'sts'"):
+        batch_lib.Batch.from_host(good, task="sts")
 
 
 def test_adding_a_field_is_a_table_row_and_an_attribute(monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from qzhou_jax.batch import Batch
+from qzhou_jax.batch_schema import TASK_FIELDS
 from qzhou_jax.data.formats import TASK_TYPES
 from qzhou_jax.losses import LOSSES, TASKS, LossConfig, matryoshka, task_loss
 from tests.losses.references import (B, C, E, TOL, _cos, make_batch, make_labels, ref_classification, ref_cosent,
@@ -24,7 +25,8 @@ def _fields(seed):
 
 
 def test_every_task_type_has_one_registered_loss_with_the_common_signature():
-    assert TASKS == tuple(LOSSES) and set(TASKS) == set(TASK_TYPES)  # the data's task types, each with its loss
+    # One loss and one list of required batch fields per task type of the data.
+    assert TASKS == tuple(LOSSES) and set(TASKS) == set(TASK_TYPES) == set(TASK_FIELDS)
     a, c, fields = _fields(30)
     cfg = LossConfig(tau=0.05, cosent_tau=0.05)
     for task in TASKS:
