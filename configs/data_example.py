@@ -45,7 +45,7 @@ def get_config():
         # dict(name="glue_stsb", source="tfds:glue/stsb", task="pair_score", data_dir="/path/to/tfds",
         #      fields=dict(score="label")),
     ]
-    data.eta = 0.72  # stage 2: retrieval share; None for plain n^alpha (other keys: config_base.DATA)
+    data.eta = 0.72  # stage 2: retrieval share; None for plain n^alpha (other keys: qzhou_jax/config/defaults.py DATA)
     data.batch_size = dict(retrieval=16, pair_score=48, classification=16)  # global, per task type
     data.buckets = (32, 64, 128, 256)
     return config

@@ -1,6 +1,6 @@
 """The block both paper stages share: the model (Qwen2.5-7B-Instruct), its precision and memory settings, the
 mesh, length buckets and checkpoint cadence. configs/stage1.py and configs/stage2.py apply it, then set their
-own numbers. Not a config file itself (no get_config): loaded beside them with `config_base.sibling`."""
+own numbers. Not a config file itself (no get_config): loaded beside them with `qzhou_jax.config.defaults.sibling`."""
 
 
 def apply(c) -> None:

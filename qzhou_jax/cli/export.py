@@ -4,7 +4,7 @@
     python -m qzhou_jax.export --params-from-hf SRC_DIR --out HF_DIR [--dtype ...]   # re-export (e.g. dtype)
 
 A thin command line over `qzhou_jax.hf.export.export_hf`. Training checkpoints are read with
-`qzhou_jax.checkpoint.restore_params(workdir, step)`; an HF source directory with `qzhou_jax.hf.load.load_params`
+`qzhou_jax.run.checkpoint.restore_params(workdir, step)`; an HF source directory with `qzhou_jax.hf.load.load_params`
 (its tokenizer and qzhou_prompt.json are carried over when present).
 """
 from __future__ import annotations

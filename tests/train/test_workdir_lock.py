@@ -10,7 +10,7 @@ from qzhou_jax.train import loop as train
 from qzhou_jax.train.workdir_lock import WorkdirBusyError, WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOLD = "import sys, time; from qzhou_jax.workdir_lock import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); " \
+HOLD = "import sys, time; from qzhou_jax.train.workdir_lock import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); " \
        "print('held', flush=True); time.sleep(600)"
 
 
