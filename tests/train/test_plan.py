@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from qzhou_jax import losses
+from qzhou_jax.batch import Batch
 from qzhou_jax.train import hardware
 from qzhou_jax.train import plan
 from qzhou_jax.train import loop as train
@@ -96,12 +97,11 @@ def test_analytic_flops_match_xla_on_an_unrolled_step_and_scan_undercounts():
     cfg = qmodel.ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
                              num_kv_heads=2, max_position_embeddings=128)
     batch = make_batch("retrieval", b=8, c=2, la=32, lc=32)
-    batch = {**batch, "anchor_ids": batch["anchor_ids"] % 256, "cand_ids": batch["cand_ids"] % 256}
+    batch = Batch.from_host({**batch, "anchor_ids": batch["anchor_ids"] % 256, "cand_ids": batch["cand_ids"] % 256})
 
     def xla_flops(config):
         params = jax.eval_shape(lambda: qmodel.init_params(config, jax.random.key(0)))
-        fn = functools.partial(plain_loss_and_grads, config=config, loss_config=losses.LossConfig(),
-                               task="retrieval")
+        fn = functools.partial(plain_loss_and_grads, config=config, loss_config=losses.LossConfig())
         return jax.jit(lambda p, b: fn(p, batch=b)[2]).lower(params, batch).compile().cost_analysis()["flops"]
 
     # All positions count (padding is computed too): padded tokens, as the planner's worst case.
