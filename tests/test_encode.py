@@ -8,6 +8,7 @@ from qzhou_jax.cli.encode import main
 from qzhou_jax.encode import Encoder, read_texts
 from qzhou_jax.tokenizer import format_query
 from tests import oracle
+from tests.cli_run import run_main
 
 TEXTS = ["Hello world", "A much longer sentence about contrastive training of embedding models.", "短文本",
          "What is the capital of France?", "x", "Bidirectional attention sees every token."]
@@ -153,12 +154,8 @@ def test_tokenizer_larger_than_the_vocabulary_and_truncated_tokenizer_files(tmp_
 
 def _cli(argv, capsys):
     """main(argv) as a user runs it: (exit status, stderr)."""
-    try:
-        main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr().err
+    status, _, err = run_main(main, argv, capsys)
+    return status, err
 
 
 def test_usage_errors_are_one_line_naming_the_flag_or_file(model_dir, tmp_path, capsys):

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from qzhou_jax import cli_errors
+from qzhou_jax.cli.model_flags import add_model_flags, each_model
 from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.eval.st_encoder import ModelSpecError
@@ -14,24 +15,13 @@ from qzhou_jax.eval.st_encoder import ModelSpecError
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.evaluate", description=ev.__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True,
-                        help="HF/export dir, training workdir, random:<preset>, or st:<dir or known name>")
-    parser.add_argument("--compare", default=None, help="a second model, shown side by side (same forms)")
+    add_model_flags(parser)
     parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all': {', '.join(ev.TASKS)}")
     parser.add_argument("--output", required=True, help="results JSON: [{model, task, split, metric, value}]")
     parser.add_argument("--split", default=None, help="e.g. dev or test (default: each task's evaluation split; "
                                                       "tasks without the split use theirs)")
     parser.add_argument("--max-examples", type=int, default=0, help="deterministic subsample per task (0 = all)")
     parser.add_argument("--instructions", default=None, help="JSON {task: instruction or null} overriding prompts")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="tokens per text (truncated beyond); st: models keep their own limit when lower")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a --model workdir")
-    parser.add_argument("--compare-step", type=int, default=None, help="checkpoint step of a --compare workdir")
-    parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
-    parser.add_argument("--st-instructions", action="store_true",
-                        help="give st: models our instructions as sentence-transformers prompts (default: plain texts)")
     cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
     cli_errors.setup_logging(args.debug)
@@ -44,12 +34,8 @@ def _main(args) -> list[dict]:
         tasks = ev.get_tasks(args.tasks, args.instructions)  # fail on a bad task name before loading any model
     except KeyError as e:
         raise UsageError(f"--tasks {args.tasks}: {e.args[0]}") from None
-    rows, names = [], []
-    for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
-        if spec is None:
-            continue
-        name = ev.model_name(spec, step, args.st_instructions, names)
-        names.append(name)
+    rows = []
+    for flag, spec, step, name in each_model(args):
         try:
             encoder = ev.load_encoder(spec, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
                                    step=step, seed=args.seed, st_instructions=args.st_instructions)

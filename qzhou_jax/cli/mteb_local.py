@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from qzhou_jax import cli_errors
+from qzhou_jax.cli.model_flags import add_model_flags, each_model
 from qzhou_jax.cli_errors import UsageError
 from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.eval import mteb_local as ml
@@ -16,21 +17,10 @@ from qzhou_jax.eval.st_encoder import ModelSpecError
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m qzhou_jax.eval.mteb_local", description=ml.__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True,
-                        help="HF/export dir, training workdir, random:<preset>, or st:<dir or known name>")
-    parser.add_argument("--compare", default=None, help="a second model, shown side by side (same forms)")
+    add_model_flags(parser)
     parser.add_argument("--tasks", default="all", help=f"comma-separated, or 'all': {', '.join(ml.MTEB_TASKS)}")
     parser.add_argument("--output", required=True, help="results JSON: [{model, task, split, metric, value}]")
     parser.add_argument("--max-examples", type=int, default=0, help="evaluate's deterministic subsample (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="tokens per text (truncated beyond); st: models keep their own limit when lower")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a --model workdir")
-    parser.add_argument("--compare-step", type=int, default=None, help="checkpoint step of a --compare workdir")
-    parser.add_argument("--seed", type=int, default=0, help="init seed of random:<preset> models")
-    parser.add_argument("--st-instructions", action="store_true",
-                        help="give st: models our instructions as prompts (default: plain texts)")
     cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
     # force: importing mteb's dependencies has configured the root logger already, which would hide ours.
@@ -51,12 +41,8 @@ def _main(args) -> list[dict]:
     except UsageError as e:
         raise UsageError(f"--tasks: {e}") from None
 
-    rows, model_names = [], []
-    for flag, spec, step in (("--model", args.model, args.step), ("--compare", args.compare, args.compare_step)):
-        if spec is None:
-            continue
-        name = ev.model_name(spec, step, args.st_instructions, model_names)
-        model_names.append(name)
+    rows = []
+    for flag, spec, step, name in each_model(args):
         try:
             model = ml.load_model(spec, st_instructions=args.st_instructions, max_length=args.max_length,
                                batch_size=args.batch_size, dtype=args.dtype, step=step, seed=args.seed)

@@ -4,15 +4,12 @@ import pytest
 
 from qzhou_jax.cli import export
 from qzhou_jax.run import checkpoint
+from tests.cli_run import run_main
 
 
 def _cli(argv, capsys):
-    try:
-        export.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr().err
+    status, _, err = run_main(export.main, argv, capsys)
+    return status, err
 
 
 def test_an_existing_export_is_kept_unless_overwrite_is_passed(tmp_path, capsys, monkeypatch):

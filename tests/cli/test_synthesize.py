@@ -16,6 +16,7 @@ from qzhou_jax.synthesis import decontam
 from qzhou_jax.synthesis.cache import request_key
 from qzhou_jax.synthesis.fake_server import ScriptedServer
 from qzhou_jax.synthesis.run import SynthesisConfig, run
+from tests.cli_run import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-cli-SECRET-abcdef987654"
@@ -129,13 +130,7 @@ def _synthesize(tmp_path, server, capsys, *extra, generator="paraphrase", n=2):
     argv = [generator, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--n", str(n),
             "--base-url", server.base_url, "--model", "m", "--decontaminate-tasks", "none", "--progress-every", "60",
             "--backoff-base", "0.01", *extra]
-    try:
-        synthesize.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(synthesize.main, argv, capsys)
 
 
 def test_a_wave_of_unusable_answers_stops_the_run_and_exits_1(tmp_path, capsys):

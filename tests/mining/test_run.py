@@ -13,6 +13,7 @@ from qzhou_jax.mining.model import load_encoder
 from qzhou_jax.mining.run import MineConfig, mine
 from qzhou_jax.mining.select import SelectConfig
 from qzhou_jax.tokenizer import format_query
+from tests.cli_run import run_main
 from tests.mining.conftest import INSTRUCTION
 
 BATCH, MAX_LENGTH = 16, 64
@@ -189,13 +190,7 @@ def _cli(argv, capsys):
     """`python -m qzhou_jax.mine` as a user runs it: (exit status, stdout, stderr)."""
     from qzhou_jax.cli import mine as mine_cli
 
-    try:
-        mine_cli.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(mine_cli.main, argv, capsys)
 
 
 def test_cli_exit_status_says_whether_every_row_got_its_negatives(tmp_path, model_dir, data, capsys):

@@ -8,6 +8,7 @@ from qzhou_jax.run import checkpoint
 from qzhou_jax.train import loop as train
 from qzhou_jax.cli import train as train_cli
 from qzhou_jax.train.metrics import read_metrics
+from tests.cli_run import run_main
 
 STAGE1 = "configs/demo.py:stage1"
 
@@ -222,12 +223,8 @@ def test_aligned_steps_compile_each_shape_once_and_meet_at_a_barrier_before_runn
 
 def _train_cli(argv, capsys):
     """train.main as a user runs it: (exit status, stderr)."""
-    try:
-        train_cli.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr().err
+    status, _, err = run_main(train_cli.main, argv, capsys)
+    return status, err
 
 
 def test_bad_rows_without_skipping_are_one_line_naming_file_and_line(tmp_path, capsys):
