@@ -5,7 +5,6 @@ no clean shutdown). The fault lives here, not in the training loop or the config
 """
 import os
 
-from qzhou_jax.train import loop as train
 from qzhou_jax.cli import train as train_cli
 
 

@@ -77,7 +77,7 @@ def test_export_loads_in_transformers_and_sentence_transformers_and_equals_our_e
 
 
 def test_encode_evaluate_mine_and_mteb_adapter_on_the_workdir(finetuned, tmp_path):
-    from qzhou_jax import encode, mine
+    from qzhou_jax import mine
     from qzhou_jax.cli import encode as encode_cli
     from qzhou_jax.eval.mteb_adapter import MTEBEncoder
 

@@ -1,6 +1,5 @@
 """Sequence packing: the packed path gives the padded path's embeddings and loss; shapes stay bounded."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

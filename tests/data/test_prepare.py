@@ -312,9 +312,7 @@ def train_config_file(path, datasets, **data):
 
 def test_prepare_applies_the_skip_limit_and_training_checks_and_reports_the_prepared_skips(
         tmp_path, write_jsonl, tokenizer, capsys):
-    from qzhou_jax.train import loop as train
     from qzhou_jax.cli import train as train_cli
-    from qzhou_jax.data import inspect as data_inspect
     from qzhou_jax.cli import inspect as inspect_cli
     from qzhou_jax.cli.prepare import main as prepare_main
 
@@ -381,9 +379,7 @@ def _same_files(a, b):
 
 def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_them(
         tmp_path, write_jsonl, tokenizer, capsys):
-    from qzhou_jax.train import loop as train
     from qzhou_jax.cli import train as train_cli
-    from qzhou_jax.data import inspect as data_inspect
     from qzhou_jax.cli import inspect as inspect_cli
     from qzhou_jax.cli.prepare import main as prepare_main
 
@@ -442,7 +438,6 @@ def test_damaged_shards_are_named_at_start_up_and_a_rerun_of_prepare_repairs_the
 
 def test_flipped_bytes_name_their_shard_when_read_fail_the_full_check_and_are_repaired(
         tmp_path, write_jsonl, capsys):
-    from qzhou_jax.data import inspect as data_inspect
     from qzhou_jax.cli import inspect as inspect_cli
     from qzhou_jax.cli.prepare import main as prepare_main
 

@@ -8,7 +8,6 @@ import scipy.stats
 
 from qzhou_jax.data import shared_data
 from qzhou_jax.eval import TextEncoder
-from qzhou_jax.eval import evaluate as ev
 from qzhou_jax.cli import evaluate as evaluate_cli
 from qzhou_jax.eval import st_encoder as st
 from qzhou_jax.eval import tasks as qt
