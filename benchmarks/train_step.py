@@ -31,8 +31,8 @@ softmax), and what else each framework decides to save or recompute is its own; 
 indicative, `full` and `none` as like for like.
 
 `--trainable top:N` (partial fine-tuning, as configs/smollm2.py): JAX builds the step as `train.py` does
-(`ModelConfig.frozen_layers = L - N`: the embedding and the bottom layers run under stop_gradient; the optimizer's
-updates masked by `model.trainable_mask`). PyTorch: `requires_grad=False` on the embedding and the bottom L - N
+(`ModelConfig.frozen_layers = L - N`: the embedding and the bottom layers run under stop_gradient; only the trainable
+part, `model.partition`, is differentiated and has optimizer state). PyTorch: `requires_grad=False` on the embedding and the bottom L - N
 layers, AdamW and the gradient clipping over the rest (the final norm trains on both sides). The frozen layers
 keep no activations on either side. Model FLOPs then count a forward over all layers and a backward over the top
 N only: (L + 2N) / 3L of full training's.
@@ -180,7 +180,7 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
     import flax
     import jax
 
-    from qzhou_jax import losses
+    from qzhou_jax import losses, model as qmodel
     from qzhou_jax.train import optim
     from qzhou_jax.train.step import embed_batch, mesh_context, plain_loss_and_grads
 
@@ -201,19 +201,21 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
     loss_config = losses.LossConfig(tau=TAU)
     with mesh_context(rules.mesh):
         forward = scoped(lambda p, b: embed_batch(p, config, b))
-        grads_fn = scoped(lambda p, b: plain_loss_and_grads(p, config, loss_config, b)[2])
-        grads = grads_fn(state.params, batch)
+        # As in the step: only the trainable part (model.partition) is differentiated and updated.
+        trainable, frozen = qmodel.partition(state.params, config)
+        grads_fn = scoped(lambda t, f, b: plain_loss_and_grads(t, config, loss_config, b, frozen=f)[2])
+        grads = grads_fn(trainable, frozen, batch)
         # As in the step: params and optimizer state donated (without it every call writes 3 fresh params-sized
         # buffers, and on CPU their page faults cost more than the update), outputs threaded through the repeats.
         update = jax.jit(lambda g, o, p: optim.apply_gradients(tx, g, o, p)[::-1], donate_argnums=(1, 2))
-        threaded = [jax.tree.map(jax.numpy.copy, (state.opt_state, state.params))]
+        threaded = [jax.tree.map(jax.numpy.copy, (state.opt_state, trainable))]
 
         def update_threaded(g):
             threaded[0] = update(g, *threaded[0])
             return threaded[0]
         embedding_grad = scoped(lambda p, b: jax.grad(lambda e: jax.numpy.take(e, b.anchor_ids, axis=0).sum())(
             p["embedding"]))
-        return {"forward_s": timed(forward, state.params, batch), "loss_and_grads_s": timed(grads_fn, state.params,
+        return {"forward_s": timed(forward, state.params, batch), "loss_and_grads_s": timed(grads_fn, trainable, frozen,
                                                                                            batch),
                 "optimizer_update_s": timed(update_threaded, grads),
                 "embedding_dense_grad_s": timed(embedding_grad, state.params, batch),
@@ -221,15 +223,10 @@ def _breakdown(state, batch, config, tx, rules, repeats: int) -> dict:
 
 
 def _trainable_params(params, config) -> int:
-    """How many weights the optimizer may move (all, or those `model.trainable_mask` leaves at 1)."""
-    import jax
-
+    """How many weights the optimizer may move (the trainable part, model.partition)."""
     from qzhou_jax import model as qmodel
 
-    if not config.frozen_layers:
-        return sum(leaf.size for leaf in jax.tree.leaves(params))
-    return sum(int(np.broadcast_to(np.asarray(m), leaf.shape).sum())
-               for leaf, m in zip(jax.tree.leaves(params), jax.tree.leaves(qmodel.trainable_mask(params, config))))
+    return qmodel.num_trainable(params, config)
 
 
 def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weight_decay: float, clip: float,
@@ -250,13 +247,11 @@ def run_jax(model_dir: str, batch: dict, dtype: str, steps: int, lr: float, weig
     config = config.replace(frozen_layers=frozen_layers_for(trainable, config.num_layers))
     mesh = sharding.make_mesh((-1, 1, 1), jax.devices()[:1])
     rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(config))
-    # As train.build_state_and_steps: frozen weights' updates (weight decay included) masked to zero.
-    update_mask = (lambda params: qmodel.trainable_mask(params, config)) if config.frozen_layers else None
-    tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1,
-                                        update_mask=update_mask)
+    # As train.build_state_and_steps: the optimizer sees the trainable part only (model.partition).
+    tx, schedule = optim.make_optimizer(optim_config(lr, weight_decay, clip), total_steps=steps + 1)
     _, st_sh = abstract_state(config, tx, rules)
     typed = batch_lib.Batch.from_host(batch, task=TASK)
-    state = jax.jit(lambda p: create_state(p, tx), out_shardings=st_sh)(load_params(model_dir, config, st_sh.params))
+    state = jax.jit(lambda p: create_state(p, tx, config), out_shardings=st_sh)(load_params(model_dir, config, st_sh.params))
     device_batch = jax.device_put(typed, batch_lib.shardings(rules, typed))
     jax.block_until_ready((state, device_batch))
     load, rss_loaded = time.perf_counter() - start, rss_mb()

@@ -40,6 +40,7 @@ PARAM_RULES = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # LoRA adapters: A [*in, lora_rank], B [lora_rank, *out] shard like their kernel's sides
 )
 ACTIVATION_RULES = (
     ("batch", BATCH_AXES),

@@ -142,7 +142,7 @@ def _leaf(params, path: tuple[str, ...], name: str):
 def iter_hf_tensors(params, config: ModelConfig, dtype: str = "float32",
                     tensors: list[HFTensor] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, host array in HF layout and `dtype`), one tensor at a time."""
-    target = _export_dtype(dtype)
+    target = export_dtype(dtype)
     for t in tensors if tensors is not None else hf_tensors(config):
         path = mapping.flax_path(t.entry, config, t.layer)
         leaf = _leaf(params, path, t.name)
@@ -157,7 +157,7 @@ def iter_hf_tensors(params, config: ModelConfig, dtype: str = "float32",
         yield t.name, np.ascontiguousarray(tensor.astype(target, copy=False))
 
 
-def _export_dtype(dtype: str) -> np.dtype:
+def export_dtype(dtype: str) -> np.dtype:
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"export dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
     return EXPORT_DTYPES[dtype]
@@ -167,7 +167,7 @@ def write_weights(params, config: ModelConfig, out_dir: str | os.PathLike, *, dt
                   max_shard_bytes: float = 5e9) -> list[str]:
     """Writes the safetensors file(s) (+ index when sharded); returns the file names. Only process 0 writes."""
     out_dir = Path(out_dir)
-    itemsize = _export_dtype(dtype).itemsize
+    itemsize = export_dtype(dtype).itemsize
     tensors = hf_tensors(config)
     by_name = {t.name: t for t in tensors}
     shards = plan_shards([(t.name, int(np.prod(t.entry.hf_shape)) * itemsize) for t in tensors], max_shard_bytes)
@@ -295,7 +295,7 @@ def export_hf(params, config: ModelConfig, out_dir: str | os.PathLike, *, tokeni
     run every process must call this (collective gathers); process 0 writes. `source` (e.g. {"workdir", "step"})
     is recorded in qzhou_export.json.
     """
-    _export_dtype(dtype)
+    export_dtype(dtype)
     out_dir = Path(out_dir)
     writer = jax.process_index() == 0
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(None)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from qzhou_jax.model import masks
+from qzhou_jax.model import lora, masks
 from qzhou_jax.model.config import PRESETS, ModelConfig, preset
 from qzhou_jax.model.pooling import (embed, embed_segments, l2_normalize, mean_pool, last_token_pool,
                                      segment_mean_pool)
@@ -28,13 +28,16 @@ def abstract_params(config: ModelConfig):
     return nn.unbox(boxed), nn.get_partition_spec(boxed)
 
 
-def hidden_states(params, config: ModelConfig, input_ids, attention_mask=None, segment_ids=None):
-    """Final hidden states [B, L, D]. With `config.frozen_layers = k` (partial fine-tuning) the embedding and the
-    bottom k layers run under stop_gradient, so the backward pass ends at layer k: no residuals are kept for
-    them and their gradients (zeros) cost nothing. The values are the same either way."""
+def hidden_states(params, config: ModelConfig, input_ids, attention_mask=None, segment_ids=None, rng=None):
+    """Final hidden states [B, L, D]. `rng`: LoRA dropout (training only; None: none).
+
+    Partial fine-tuning (`config.frozen_layers = k`, or `freeze_embedding`): the embedding and the bottom k layers
+    run under stop_gradient, so the backward pass ends at layer k: no residuals are kept for them and no
+    gradient is computed there. The values are the same either way."""
+    rngs = {"dropout": rng} if rng is not None else None
+    if not config.embedding_frozen:
+        return Qwen2Encoder(config).apply({"params": params}, input_ids, attention_mask, segment_ids, rngs=rngs)
     k = config.frozen_layers
-    if not k:
-        return Qwen2Encoder(config).apply({"params": params}, input_ids, attention_mask, segment_ids)
     if segment_ids is None:
         mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else attention_mask
         segment_ids = masks.segment_ids_from_mask(mask)
@@ -42,7 +45,7 @@ def hidden_states(params, config: ModelConfig, input_ids, attention_mask=None, s
     x = Qwen2Encoder(config, stop=k, final_norm=False).apply(
         {"params": jax.lax.stop_gradient(bottom)}, input_ids, segment_ids=segment_ids)
     return Qwen2Encoder(config, start=k, embed_inputs=False).apply(
-        {"params": top}, jax.lax.stop_gradient(x), segment_ids=segment_ids)
+        {"params": top}, jax.lax.stop_gradient(x), segment_ids=segment_ids, rngs=rngs)
 
 
 def split_frozen(params, config: ModelConfig):
@@ -50,8 +53,11 @@ def split_frozen(params, config: ModelConfig):
     two halves `hidden_states` runs (stacked layer leaves are sliced along their leading layer axis)."""
     k = config.frozen_layers
     if config.scan_layers:
-        bottom = {"embedding": params["embedding"], "layers": jax.tree.map(lambda a: a[:k], params["layers"])}
-        top = {"layers": jax.tree.map(lambda a: a[k:], params["layers"]), "norm": params["norm"]}
+        bottom = {"embedding": params["embedding"]}
+        if k:
+            bottom["layers"] = jax.tree.map(lambda a: a[:k], params["layers"])
+        top = {"layers": jax.tree.map(lambda a: a[k:], params["layers"]) if k else params["layers"],
+               "norm": params["norm"]}
     else:
         bottom = {"embedding": params["embedding"], **{f"layers_{i}": params[f"layers_{i}"] for i in range(k)}}
         top = {"norm": params["norm"],
@@ -59,31 +65,63 @@ def split_frozen(params, config: ModelConfig):
     return bottom, top
 
 
-def trainable_mask(params, config: ModelConfig):
-    """A params-shaped tree of 0/1 multipliers (float32, broadcastable to each leaf): 0 where partial fine-tuning
-    freezes the weights (the embedding and layers below `config.frozen_layers`), 1 elsewhere. Stacked layer leaves
-    get a [L, 1, ...] column, unstacked leaves a scalar."""
-    k = config.frozen_layers
-
-    def mask(path, leaf):
-        top = str(getattr(path[0], "key", path[0]))
-        if top == "embedding":
-            return jnp.float32(0.0 if k else 1.0)
-        if top == "layers":  # stacked: [L, ...]
-            column = (jnp.arange(leaf.shape[0]) >= k).astype(jnp.float32)
-            return column.reshape((-1,) + (1,) * (leaf.ndim - 1))
-        if top.startswith("layers_"):
-            return jnp.float32(1.0 if int(top.split("_")[1]) >= k else 0.0)
-        return jnp.float32(1.0)
-    return jax.tree_util.tree_map_with_path(mask, params)
+# ---------------------------------------------------------------------------------- trainable / frozen params
+# The trainer differentiates and optimises only the trainable part, so frozen weights get neither gradients nor
+# optimizer state: LoRA -> the adapters; partial fine-tuning -> layers [k, L) + final norm; otherwise everything.
+# These work on boxed (nn.Partitioned) trees too, so the optimizer state's shardings follow (train_step.py).
+def partition(params, config: ModelConfig):
+    """(trainable, frozen) sub-trees of `params` (nested dicts; frozen may be empty)."""
+    if config.lora_rank:
+        return lora.split_adapters(params)
+    if config.embedding_frozen:
+        bottom, top = split_frozen(params, config)
+        return top, bottom
+    return params, {}
 
 
-def embed_tokens(params, config: ModelConfig, input_ids, attention_mask, dim: int | None = None):
+def combine(trainable, frozen, config: ModelConfig):
+    """`partition`'s inverse: the full params tree (stacked layers concatenated back; differentiable)."""
+    if config.embedding_frozen and config.scan_layers and config.frozen_layers:
+        layers = jax.tree.map(lambda b, t: jnp.concatenate([b, t], axis=0), frozen["layers"], trainable["layers"])
+        return {"embedding": frozen["embedding"], "layers": layers, "norm": trainable["norm"]}
+    return lora.join(frozen, trainable) if frozen else trainable
+
+
+def write_back(params, trainable, config: ModelConfig):
+    """`params` with its trainable part replaced by `trainable` (stacked layers written in place with
+    dynamic_update_slice, which XLA does inside a donated buffer)."""
+    if config.embedding_frozen and config.scan_layers and config.frozen_layers:
+        k = config.frozen_layers
+        layers = jax.tree.map(lambda full, top: jax.lax.dynamic_update_slice_in_dim(full, top.astype(full.dtype), k, 0),
+                              params["layers"], trainable["layers"])
+        return {**params, "layers": layers, "norm": trainable["norm"]}
+    return lora.join(params, trainable)
+
+
+def num_trainable(params, config: ModelConfig) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(partition(params, config)[0]))
+
+
+def init_adapters(config: ModelConfig, rng: jax.Array):
+    """Fresh LoRA adapters (A: peft's kaiming-uniform, B: zeros) for `config`, as a params sub-tree. Jitted, the
+    rest of the random init is dead code and never computed."""
+    return lora.split_adapters(init_params(config, rng))[0]
+
+
+def merge_lora(params, config: ModelConfig):
+    """(params with the adapters folded into their kernels, config without LoRA); no-op without LoRA."""
+    if not config.lora_rank:
+        return params, config
+    return lora.merge(params, config), config.without_lora()
+
+
+def embed_tokens(params, config: ModelConfig, input_ids, attention_mask, dim: int | None = None, rng=None):
     """Token ids -> L2-normalised float32 embeddings [B, D] (the model's pooling mode)."""
-    hidden = hidden_states(params, config, input_ids, attention_mask)
+    hidden = hidden_states(params, config, input_ids, attention_mask, rng=rng)
     return embed(hidden, attention_mask, config.pooling, dim)
 
 
 __all__ = ["ModelConfig", "PRESETS", "preset", "Qwen2Encoder", "init_params", "abstract_params",
-           "hidden_states", "split_frozen", "trainable_mask", "embed_tokens", "embed", "embed_segments", "l2_normalize", "mean_pool", "last_token_pool",
+           "hidden_states", "split_frozen", "partition", "combine", "write_back", "num_trainable", "init_adapters",
+           "merge_lora", "embed_tokens", "embed", "embed_segments", "l2_normalize", "mean_pool", "last_token_pool",
            "segment_mean_pool"]

@@ -15,6 +15,8 @@ ATTENTION_MODES = ("bidirectional", "causal")
 POOLING_MODES = ("mean", "last")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+# LoRA targets: peft's module names for Qwen2 (model/lora.py; hf/peft.py writes adapters under these names).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +43,17 @@ class ModelConfig:
     remat_policy: str = "none"
     # Attention kernel (model/attention.py): auto | xla | cudnn | splash; auto picks by platform.
     attention_impl: str = "auto"
-    # Partial fine-tuning: the embedding and the bottom `frozen_layers` layers get no gradient and no update
-    # (model.trainable = "top:N" sets L - N). A training choice: restored models run with 0.
+    # Partial fine-tuning: the embedding and the bottom `frozen_layers` layers get no gradient and no optimizer
+    # state (model.trainable = "top:N" sets L - N; "layers" freezes the embedding only). A training choice:
+    # restored models run whole (checkpoint.model_config_from_dict).
     frozen_layers: int = 0
+    freeze_embedding: bool = False  # implied by frozen_layers > 0
+    # LoRA (model/lora.py): rank 0 = off. W x + (alpha / rank) B A dropout(x) on the `lora_targets` projections;
+    # the base weights are frozen. Restored models are merged (checkpoint.restore_params), so serving is unchanged.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         if self.attention not in ATTENTION_MODES:
@@ -56,6 +66,21 @@ class ModelConfig:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if not 0 <= self.frozen_layers < max(self.num_layers, 1):
             raise ValueError(f"frozen_layers must be in [0, {self.num_layers}), got {self.frozen_layers}")
+        if not isinstance(self.lora_targets, tuple):  # from JSON (checkpoint meta): a list
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
+        if self.lora_rank:
+            unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+            if unknown or not self.lora_targets:
+                raise ValueError(f"lora_targets must be a non-empty subset of {LORA_TARGETS}, got {self.lora_targets}")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            if not self.lora_alpha > 0:
+                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+            if self.frozen_layers or self.freeze_embedding:
+                raise ValueError("LoRA freezes the whole base already; it does not combine with partial fine-tuning "
+                                 "(trainable 'top:N' / 'layers')")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 
@@ -65,6 +90,27 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def lora_scale(self) -> float:
+        """peft's scaling (use_rslora=False): alpha / rank."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    @property
+    def embedding_frozen(self) -> bool:
+        return bool(self.freeze_embedding or self.frozen_layers)
+
+    @property
+    def partial(self) -> bool:
+        """Partial fine-tuning (some of the base frozen, the rest trained in place; no adapters)."""
+        return self.embedding_frozen
+
+    def whole(self) -> "ModelConfig":
+        """The network without the training choices of partial fine-tuning (LoRA, a part of the params, stays)."""
+        return self.replace(frozen_layers=0, freeze_embedding=False)
+
+    def without_lora(self) -> "ModelConfig":
+        return self.replace(lora_rank=0)
 
     def num_params(self) -> int:
         d, f, h, kv, hd = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_size
@@ -155,15 +201,24 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def frozen_layers_for(trainable: str, num_layers: int) -> int:
-    """model.trainable -> ModelConfig.frozen_layers: "all" -> 0; "top:N" -> num_layers - N (the top N layers and
-    the final norm train; the embedding and the layers below are frozen)."""
+def trainable_fields(trainable: str, num_layers: int) -> dict:
+    """model.trainable -> ModelConfig fields: "all" -> everything trains; "top:N" -> frozen_layers = num_layers - N
+    (the top N layers and the final norm train; the embedding and the layers below are frozen); "layers" (= top:L)
+    -> every layer and the final norm train, the embedding is frozen."""
     if trainable in ("", "all"):
-        return 0
+        return dict(frozen_layers=0, freeze_embedding=False)
+    if trainable == "layers":
+        return dict(frozen_layers=0, freeze_embedding=True)
     kind, _, count = trainable.partition(":")
     if kind != "top" or not count.isdigit() or not 1 <= int(count) <= num_layers:
-        raise ValueError(f"trainable must be 'all' or 'top:N' with 1 <= N <= {num_layers} layers, got {trainable!r}")
-    return num_layers - int(count)
+        raise ValueError(f"trainable must be 'all', 'layers' or 'top:N' with 1 <= N <= {num_layers} layers, "
+                         f"got {trainable!r}")
+    return dict(frozen_layers=num_layers - int(count), freeze_embedding=True)
+
+
+def frozen_layers_for(trainable: str, num_layers: int) -> int:
+    """model.trainable -> ModelConfig.frozen_layers (see `trainable_fields`)."""
+    return trainable_fields(trainable, num_layers)["frozen_layers"]
 
 
 def preset(name: str, **overrides) -> ModelConfig:

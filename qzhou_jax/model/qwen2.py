@@ -11,6 +11,8 @@ Layers are stacked and scanned (one compiled layer body for 28 layers) under a c
 
 Parameter layout (HF names; `hf/` converts): q_proj kernel [embed, heads, head_dim], k/v [embed, kv_heads, head_dim],
 o_proj [heads, head_dim, embed], gate/up [embed, mlp], down [mlp, embed]; scanned leaves get a leading `layers` axis.
+With LoRA (config.lora_rank > 0) each targeted projection also holds `lora_a` [*in axes, lora_rank] and `lora_b`
+[lora_rank, *out axes] (model/lora.py), named like the kernel's axes so they shard like it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from qzhou_jax.model import attention, masks
+from qzhou_jax.model import attention, lora, masks
 from qzhou_jax.model.config import ModelConfig
 
 _REMAT_POLICIES = {
@@ -105,11 +107,29 @@ class Projection(nn.Module):
         kernel = self.param("kernel", _init(cfg, self.names), in_shape + self.features, _dtype(cfg.param_dtype))
         dtype = _dtype(cfg.dtype)
         y = project(x.astype(dtype), kernel.astype(dtype), self.in_axes)
+        if cfg.lora_rank and self.name in cfg.lora_targets:
+            y = y + self._lora(x.astype(dtype), in_shape, dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_axes:]),
                               self.features, _dtype(cfg.param_dtype))
             y = y + bias.astype(dtype)
         return y
+
+    def _lora(self, x, in_shape, dtype):
+        """(alpha / r) * B(A(dropout(x))), as peft's LoRA Linear computes it; dropout only when the caller passes a
+        "dropout" rng (training)."""
+        cfg = self.config
+        names_a = self.names[:self.in_axes] + ("lora_rank",)
+        names_b = ("lora_rank",) + self.names[self.in_axes:]
+        a = self.param("lora_a", nn.with_logical_partitioning(lora.init_a(math.prod(in_shape)), names_a),
+                       in_shape + (cfg.lora_rank,), _dtype(cfg.param_dtype))
+        b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, names_b),
+                       (cfg.lora_rank,) + self.features, _dtype(cfg.param_dtype))
+        if cfg.lora_dropout > 0 and self.has_rng("dropout"):
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.lora_dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - cfg.lora_dropout), 0).astype(dtype)
+        low = project(x, a.astype(dtype), self.in_axes)
+        return project(low, b.astype(dtype), 1) * jnp.asarray(cfg.lora_scale, dtype)
 
 
 class RMSNorm(nn.Module):
@@ -221,7 +241,7 @@ class Qwen2Encoder(nn.Module):
             layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
                                  prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers and stop > self.start:
-            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=stop - self.start,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(cfg, name="layers")(x, segment_ids, positions)

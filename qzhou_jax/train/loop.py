@@ -117,8 +117,8 @@ def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks) -> StateA
     """What the loop and plan.py share: the sharding rules, optimizer, abstract state (with shardings) and the
     step function. Nothing is allocated."""
     rules = sharding.ShardingRules.for_params(mesh, *qmodel.abstract_params(model_config))
-    update_mask = (lambda params: qmodel.trainable_mask(params, model_config)) if model_config.frozen_layers else None
-    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps), update_mask=update_mask)
+    # The optimizer sees the trainable part only (model.partition): frozen weights get no state and no update.
+    tx, schedule = optim.make_optimizer(cfg.optim, int(cfg.train.steps))
     state, state_shardings = abstract_state(model_config, tx, rules)
     loss_config = losses.loss_config_from(cfg.loss)
     chunks = cfg.train.gradcache_chunks
@@ -276,7 +276,7 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
         print(f"resuming from checkpoint step {start_step} in {workdir}", flush=True)
     else:
         params = init_params(cfg, model_config, param_shardings)
-        state = jax.jit(lambda p: create_state(p, tx), out_shardings=state_shardings)(params)
+        state = jax.jit(lambda p: create_state(p, tx, model_config), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
             "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg, tokenizer_dir)}

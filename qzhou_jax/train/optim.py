@@ -35,10 +35,11 @@ def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int, decay
 
 
 def decay_mask(params):
-    """Weight decay on matrices (kernels, embedding), not on biases or norm scales."""
+    """Weight decay on matrices (kernels, embedding, LoRA's A and B), not on biases or norm scales (as Hugging Face's
+    Trainer, which peft users train LoRA with, decays every weight but biases and norms)."""
     def keep(path, _):
         name = str(getattr(path[-1], "key", path[-1]))
-        return name in ("kernel", "embedding")
+        return name in ("kernel", "embedding", "lora_a", "lora_b")
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -118,25 +119,11 @@ def apply_gradients(tx, grads, opt_state, params):
     return optax.apply_updates(params, updates), opt_state
 
 
-def mask_updates(update_mask: Callable[[Any], Any]) -> optax.GradientTransformation:
-    """Multiplies each update by `update_mask(params)` (a tree of 0/1 arrays broadcastable to the leaves): frozen
-    weights (partial fine-tuning, model.trainable_mask) get no update, weight decay included. Last in the chain,
-    so nothing after it can move them; their gradients are already zero, so neither clipping nor Adam's moments
-    see them."""
-
-    def update(updates, state, params=None):
-        del params
-        mask = update_mask(updates)
-        return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask), state
-
-    return optax.GradientTransformation(optax.init_empty_state, update)
-
-
-def make_optimizer(cfg, total_steps: int, *, update_mask: Callable[[Any], Any] | None = None,
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """`cfg`: the config's `optim` block (lr, warmup_steps, decay, final_lr_ratio, b1, b2, eps, weight_decay,
     grad_clip, grad_accum_steps); `total_steps`: micro-batches (train.steps). The schedule is a function of the
-    optimizer-update count (see `applied_learning_rate`). `update_mask`: see `mask_updates` (None: all train)."""
+    optimizer-update count (see `applied_learning_rate`). The optimizer sees only the trainable params
+    (train_step.py, model.partition): frozen weights get no state, no update and no weight decay."""
     updates = max(total_steps // max(cfg.grad_accum_steps, 1), 1)
     schedule = learning_rate_schedule(cfg.lr, updates, cfg.warmup_steps, cfg.decay, cfg.final_lr_ratio)
     parts = []
@@ -144,8 +131,6 @@ def make_optimizer(cfg, total_steps: int, *, update_mask: Callable[[Any], Any] |
         parts.append(clip_by_global_norm(cfg.grad_clip))
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                              mask=decay_mask))
-    if update_mask is not None:
-        parts.append(mask_updates(update_mask))
     tx = optax.chain(*parts)
     # A non-finite gradient leaves params and moments untouched and is counted in the state; the training loop
     # stops once `max_consecutive_nonfinite` happen in a row (Optax would otherwise apply it anyway).

@@ -9,6 +9,11 @@ GradCache (Gao et al. 2021; Tevatron/cachex in JAX) keeps activation memory inde
 embed the batch chunk by chunk without keeping activations, (2) take the loss and its gradient with respect to the
 embeddings over the whole batch, (3) re-run each chunk forward and back with that gradient as the cotangent,
 accumulating parameter gradients. Same gradients as the plain step, more compute (one extra forward).
+
+Only the trainable part of the params is differentiated and optimised (`model.partition`: LoRA adapters, the top
+layers of partial fine-tuning, or everything): frozen weights get no gradient and no optimizer state, and the
+step writes the updated part back into the full params tree (`model.write_back`), which the checkpoint holds.
+LoRA dropout draws its masks from `fold_in(key(dropout_seed), step)`, so a resumed run draws the same ones.
 """
 from __future__ import annotations
 
@@ -36,8 +41,10 @@ class TrainState:
     opt_state: Any
 
 
-def create_state(params, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def create_state(params, tx: optax.GradientTransformation, config: ModelConfig | None = None) -> TrainState:
+    """Step 0; the optimizer state covers the trainable part of `params` only (config None: all of it)."""
+    trainable = params if config is None else qmodel.partition(params, config)[0]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable))
 
 
 def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, rules) -> tuple[TrainState, TrainState]:
@@ -45,7 +52,7 @@ def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, rules)
     train.py, plan.py and the benchmarks share. The state is eval_shaped from boxed params, so the optimizer's
     moments carry their params' logical names and `rules` maps every leaf (counters replicated)."""
     abstract, logical = qmodel.abstract_params(config)
-    boxed = jax.eval_shape(lambda p: create_state(p, tx), sharding.box(abstract, logical))
+    boxed = jax.eval_shape(lambda p: create_state(p, tx, config), sharding.box(abstract, logical))
     state_shardings = rules.boxed_shardings(boxed)
     unboxed = flax.linen.unbox(boxed)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, state_shardings)
@@ -53,40 +60,58 @@ def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, rules)
 
 
 # ------------------------------------------------------------------------------------------------ embeddings
-def _embed(params, config: ModelConfig, ids, mask, dim=None):
-    return qmodel.embed_tokens(params, config, ids, mask, dim)
+def _embed(params, config: ModelConfig, ids, mask, dim=None, rng=None):
+    return qmodel.embed_tokens(params, config, ids, mask, dim, rng=rng)
 
 
-def embed_packed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def _fold(rng, i):
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def embed_packed_batch(params, config: ModelConfig, batch: Batch, rng=None) -> tuple[jax.Array, jax.Array]:
     """Packed batch (data/packing.py fields): one forward over the packed rows, pooled per segment, gathered back
     to anchors [B, E] and candidates [B, C, E] -- the same embeddings as the padded path."""
     seg = batch.packed_segment_ids
-    hidden = qmodel.hidden_states(params, config, batch.packed_ids, segment_ids=seg)
+    hidden = qmodel.hidden_states(params, config, batch.packed_ids, segment_ids=seg, rng=rng)
     num_segments = batch.packed_segment_lengths.shape[-1]
     pick = lambda index: qmodel.embed_segments(hidden, seg, num_segments, index, config.pooling)  # noqa: E731
     return pick(batch.packed_anchor_index), pick(batch.packed_cand_index)
 
 
-def _embed_side(params, config: ModelConfig, side: str, inputs: dict[str, jax.Array]) -> jax.Array:
+def _embed_side(params, config: ModelConfig, side: str, inputs: dict[str, jax.Array], rng=None) -> jax.Array:
     """One side's embeddings: anchors [B, E] or candidates [B, C, E] (flattened to B*C texts for the model)."""
     ids, mask = inputs[f"{side}_ids"], inputs[f"{side}_mask"]
+    rng = _fold(rng, SIDES.index(side))
     if side == "cand":
         b, c, length = ids.shape
-        return _embed(params, config, ids.reshape(b * c, length), mask.reshape(b * c, length)).reshape(b, c, -1)
-    return _embed(params, config, ids, mask)
+        return _embed(params, config, ids.reshape(b * c, length), mask.reshape(b * c, length),
+                      rng=rng).reshape(b, c, -1)
+    return _embed(params, config, ids, mask, rng=rng)
 
 
-def embed_batch(params, config: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Anchors [B, E] and candidates [B, C, E], L2-normalised float32."""
+SIDES = ("anchor", "cand")
+
+
+def embed_batch(params, config: ModelConfig, batch: Batch, rng=None) -> tuple[jax.Array, jax.Array]:
+    """Anchors [B, E] and candidates [B, C, E], L2-normalised float32. `rng`: LoRA dropout (None: none)."""
     if batch.packed:
-        return embed_packed_batch(params, config, batch)
-    return (_embed_side(params, config, "anchor", batch.side_inputs("anchor")),
-            _embed_side(params, config, "cand", batch.side_inputs("cand")))
+        return embed_packed_batch(params, config, batch, rng)
+    return (_embed_side(params, config, "anchor", batch.side_inputs("anchor"), rng),
+            _embed_side(params, config, "cand", batch.side_inputs("cand"), rng))
 
 
-def plain_loss_and_grads(params, config, loss_config, batch: Batch):
+def _full(config: ModelConfig, frozen):
+    """trainable -> the full params tree (frozen None: the trainable part is everything)."""
+    return (lambda t: t) if frozen is None else (lambda t: qmodel.combine(t, frozen, config))
+
+
+def plain_loss_and_grads(params, config, loss_config, batch: Batch, *, frozen=None, rng=None):
+    """(loss, metrics, gradients with respect to `params`). With `frozen`, `params` is the trainable part
+    (model.partition) and the model sees `model.combine(params, frozen)`: only `params` is differentiated."""
+    full = _full(config, frozen)
+
     def loss_fn(p):
-        a, c = embed_batch(p, config, batch)
+        a, c = embed_batch(full(p), config, batch, rng)
         return losses.task_loss(a, c, batch, loss_config)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, metrics, grads
@@ -125,22 +150,29 @@ def _even_chunks(batch_size: int, batch_devices: int) -> str:
     return ", ".join(map(str, ok[:4])) or "none: use fewer batch devices"
 
 
-def gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int):
+def gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int, *, frozen=None, rng=None):
+    """GradCache's (loss, metrics, gradients); `frozen` / `rng` as in `plain_loss_and_grads` (each chunk draws
+    its dropout from fold_in(rng, chunk), the same in the embedding pass and in the backward pass)."""
     if batch.packed:
-        return _packed_gradcache_loss_and_grads(params, config, loss_config, batch, num_chunks)
+        return _packed_gradcache_loss_and_grads(params, config, loss_config, batch, num_chunks, frozen=frozen,
+                                                rng=rng)
     b = batch.size
     if b % num_chunks:
         raise ValueError(f"batch size {b} is not divisible by gradcache chunks {num_chunks}")
-    # Every model input of each side (batch.FIELDS rows with a `side`), chunked along its batch axis.
-    chunked = {side: jax.tree.map(lambda x: _to_chunks(x, num_chunks), batch.side_inputs(side))
-               for side in ("anchor", "cand")}
+    full = _full(config, frozen)
+    chunk_ids = jnp.arange(num_chunks)
+    # Every model input of each side (batch_schema FIELDS rows with a `side`), chunked along its batch axis, with
+    # the chunk's index (its dropout key).
+    chunked = {side: (jax.tree.map(lambda x: _to_chunks(x, num_chunks), batch.side_inputs(side)), chunk_ids)
+               for side in SIDES}
 
-    def embed_chunk(p, side, inputs):
-        return _embed_side(p, config, side, inputs)
+    def embed_chunk(p, side, xs):
+        inputs, i = xs
+        return _embed_side(full(p), config, side, inputs, _fold(rng, i))
 
     # (1) embeddings without activations kept: lax.map runs one chunk at a time and nothing is differentiated.
-    frozen = jax.lax.stop_gradient(params)
-    reps = {k: _from_chunks(jax.lax.map(lambda xs, k=k: embed_chunk(frozen, k, xs), v)) for k, v in chunked.items()}
+    fixed = jax.lax.stop_gradient(params)
+    reps = {k: _from_chunks(jax.lax.map(lambda xs, k=k: embed_chunk(fixed, k, xs), v)) for k, v in chunked.items()}
 
     # (2) loss over the whole global batch, gradient with respect to the embeddings.
     def loss_fn(a, cands):
@@ -169,14 +201,15 @@ def _chunked_backward(embed_fn, params, chunk_inputs, cotangents):
     return grads
 
 
-def _segment_table(params, config: ModelConfig, ids, segment_ids, num_segments: int) -> jax.Array:
+def _segment_table(params, config: ModelConfig, ids, segment_ids, num_segments: int, rng=None) -> jax.Array:
     """Packed rows [r, T] -> the embedding of every segment slot [r * S, E] (unused slots: 0)."""
-    hidden = qmodel.hidden_states(params, config, ids, segment_ids=segment_ids)
+    hidden = qmodel.hidden_states(params, config, ids, segment_ids=segment_ids, rng=rng)
     slots = jnp.arange(ids.shape[0] * num_segments)
     return qmodel.embed_segments(hidden, segment_ids, num_segments, slots, config.pooling)
 
 
-def _packed_gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int):
+def _packed_gradcache_loss_and_grads(params, config, loss_config, batch: Batch, num_chunks: int, *,
+                                     frozen=None, rng=None):
     """GradCache over packed rows. A packed row mixes texts of different examples, so chunks are groups of rows,
     not of examples: (1) every chunk's segment embeddings without activations, (2) the loss and its gradient
     with respect to those embedding tables (anchors and candidates are picked from them by the batch's flat
@@ -190,8 +223,14 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, batch: Batch, 
     per_chunk = rows // num_chunks
     ids, seg = _to_chunks(batch.packed_ids, num_chunks), _to_chunks(batch.packed_segment_ids, num_chunks)
 
-    frozen = jax.lax.stop_gradient(params)
-    tables = jax.lax.map(lambda xs: _segment_table(frozen, config, xs[0], xs[1], num_segments), (ids, seg))
+    full = _full(config, frozen)
+
+    def table(p, xs):
+        return _segment_table(full(p), config, xs[0], xs[1], num_segments, _fold(rng, xs[2]))
+
+    chunks = (ids, seg, jnp.arange(num_chunks))
+    fixed = jax.lax.stop_gradient(params)
+    tables = jax.lax.map(lambda xs: table(fixed, xs), chunks)
 
     def stacked_slot(index):  # flat row * S + s of the batch -> its slot in the stacked [K, r/K * S] tables
         row, s = index // num_segments, index % num_segments
@@ -206,21 +245,32 @@ def _packed_gradcache_loss_and_grads(params, config, loss_config, batch: Batch, 
         return losses.task_loss(pick(batch.packed_anchor_index), pick(batch.packed_cand_index), batch, loss_config)
     (loss, metrics), g_tables = jax.value_and_grad(loss_fn, has_aux=True)(tables)
 
-    grads = _chunked_backward(lambda p, xs: _segment_table(p, config, xs[0], xs[1], num_segments), params,
-                              (ids, seg), g_tables)
+    grads = _chunked_backward(table, params, chunks, g_tables)
     return loss, metrics, grads
 
 
 # ------------------------------------------------------------------------------------------------ the step
+def dropout_rng(config: ModelConfig, seed: int, step) -> jax.Array | None:
+    """The step's LoRA-dropout key (None when there is no dropout): a function of (seed, step) only."""
+    if not (config.lora_rank and config.lora_dropout > 0):
+        return None
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
 def train_step(state: TrainState, batch: Batch, *, config: ModelConfig, loss_config: losses.LossConfig,
-               tx: optax.GradientTransformation, schedule,
-               gradcache_chunks: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the global batch, with the loss of `batch.task`."""
+               tx: optax.GradientTransformation, schedule, gradcache_chunks: int = 0,
+               dropout_seed: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the global batch, with the loss of `batch.task`, over the trainable part of the
+    params (model.partition); the rest stays as it is."""
+    trainable, frozen = qmodel.partition(state.params, config)
+    kwargs = dict(frozen=frozen, rng=dropout_rng(config, dropout_seed, state.step))
     if gradcache_chunks and gradcache_chunks > 1:
-        loss, metrics, grads = gradcache_loss_and_grads(state.params, config, loss_config, batch, gradcache_chunks)
+        loss, metrics, grads = gradcache_loss_and_grads(trainable, config, loss_config, batch, gradcache_chunks,
+                                                        **kwargs)
     else:
-        loss, metrics, grads = plain_loss_and_grads(state.params, config, loss_config, batch)
-    params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
+        loss, metrics, grads = plain_loss_and_grads(trainable, config, loss_config, batch, **kwargs)
+    trainable, opt_state = optim.apply_gradients(tx, grads, state.opt_state, trainable)
+    params = qmodel.write_back(state.params, trainable, config)
     consecutive, total = optim.nonfinite_counts(opt_state)
     anchor_tokens, cand_tokens = batch.count_tokens()
     metrics = dict(metrics)
@@ -256,7 +306,7 @@ def mesh_context(mesh):
 
 
 def make_step_fn(*, config: ModelConfig, loss_config, tx, schedule, gradcache_chunks: int,
-                 rules: sharding.ShardingRules, state_shardings):
+                 rules: sharding.ShardingRules, state_shardings, dropout_seed: int = 0):
     """The jit-compiled step for every task type, with named in/out shardings (all from `rules`) and the state
     donated. `run(state, batch)` takes a `Batch`; its task picks the loss.
 
@@ -265,7 +315,7 @@ def make_step_fn(*, config: ModelConfig, loss_config, tx, schedule, gradcache_ch
     jitted function for a (possibly abstract) batch, e.g. to `.lower(state, batch).compile()` ahead of time.
     """
     step = functools.partial(train_step, config=config, loss_config=loss_config, tx=tx, schedule=schedule,
-                             gradcache_chunks=gradcache_chunks)
+                             gradcache_chunks=gradcache_chunks, dropout_seed=dropout_seed)
 
     def with_rules(state, batch):
         with flax.linen.logical_axis_rules(rules.logical_axis_rules()):
