@@ -88,6 +88,7 @@ def test_log_records_lose_their_tracebacks_unless_debugging():
     ("qzhou_jax.cli.synthesize", ["paraphrase", "--help"]), ("qzhou_jax.cli.synthesize", ["merge", "--help"]),
     ("qzhou_jax.cli.prepare", ["--help"]), ("qzhou_jax.cli.inspect", ["--help"]),
     ("qzhou_jax.cli.convert", ["--help"]), ("qzhou_jax.cli.mteb_local", ["--help"]),
+    ("qzhou_jax.cli.merge", ["--help"]),
 ])
 def test_every_command_has_debug(module, argv, capsys):
     with pytest.raises(SystemExit) as stop:

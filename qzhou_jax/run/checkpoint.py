@@ -312,5 +312,23 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
     raise RunFailed(f"{workdir}: no readable checkpoint ({last_error})")
 
 
+def save_params(workdir: str, step: int, params, meta: dict) -> None:
+    """A params-only checkpoint (no optimizer state, no data iterator), e.g. a merged model (merging/models.py):
+    the directory then reads like a training workdir for restore_params, export, evaluation, mining and the next
+    stage's init_from."""
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "meta"),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                   "meta": ocp.JsonCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(create=True,
+                                                                         enable_async_checkpointing=False))
+    tree = {"step": np.asarray(step, np.int32), "params": params}
+    meta = {**meta, "fingerprint": fingerprint.fingerprint({"params": params}),
+            "state_shapes": fingerprint.shapes({"params": params})}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+                 force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
 def is_workdir(path: str) -> bool:
     return os.path.isdir(checkpoint_dir(path))
