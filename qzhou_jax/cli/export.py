@@ -2,6 +2,10 @@
 
     python -m qzhou_jax.export --workdir DIR [--step N] --out HF_DIR [--dtype bfloat16|float32]
     python -m qzhou_jax.export --params-from-hf SRC_DIR --out HF_DIR [--dtype ...]   # re-export (e.g. dtype)
+    python -m qzhou_jax.export --workdir DIR --out HF_DIR --peft-adapter ADAPTER_DIR  # LoRA run: + PEFT adapter
+
+A LoRA run exports merged Qwen2 weights (serving unchanged); `--peft-adapter` also writes its adapters as a PEFT
+directory that `peft.PeftModel.from_pretrained(base, ADAPTER_DIR)` loads on the base it was trained from.
 
 A thin command line over `qzhou_jax.hf.export.export_hf`. Training checkpoints are read with
 `qzhou_jax.run.checkpoint.restore_params(workdir, step)`; an HF source directory with `qzhou_jax.hf.load.load_params`
@@ -23,7 +27,7 @@ from qzhou_jax.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-def from_workdir(workdir: str, step: int | None):
+def from_workdir(workdir: str, step: int | None, *, merge_lora: bool = True):
     """(params, config, prompt, tokenizer dir or None, source record) from a training workdir's checkpoint.
 
     A multi-stage workdir (path/<stage>/checkpoints) exports its last stage. The prompt and tokenizer are the ones
@@ -34,7 +38,7 @@ def from_workdir(workdir: str, step: int | None):
     from qzhou_jax.run.checkpoint import restore_params  # local: Orbax is only needed for this source
 
     workdir = run_meta.resolve_workdir(workdir)
-    params, config, meta = restore_params(workdir, step=step)
+    params, config, meta = restore_params(workdir, step=step, merge_lora=merge_lora)
     meta = meta if isinstance(meta, dict) else {}
     exported = int(meta["step"])
     skipped = [s for s in run_meta.checkpoint_steps(workdir) if s > exported] if step is None else []
@@ -43,6 +47,8 @@ def from_workdir(workdir: str, step: int | None):
     else:
         log.info("%s: exporting checkpoint step %d", workdir, exported)
     source = {"workdir": os.path.abspath(workdir), "step": exported, "skipped_unreadable_steps": skipped}
+    if config.lora_rank:  # unmerged (merge_lora=False): the adapters apply to this base
+        source["lora_base"] = run_meta.lora_base(meta.get("config") or {})
     return params, config, run_meta.prompt_from_meta(meta), run_meta.tokenizer_from_meta(meta, workdir), source
 
 
@@ -73,17 +79,31 @@ def main(argv=None) -> None:
                         help="instruction of sentence-transformers' 'query' prompt, which encode_query applies "
                              "(default: QZhou's web-search retrieval one; '' makes encode_query add nothing)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    parser.add_argument("--peft-adapter", metavar="ADAPTER_DIR", default=None,
+                        help="a LoRA run (--workdir): also write its adapters as a PEFT adapter directory")
     cli_errors.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.step is not None and not args.workdir:
         parser.error("--step needs --workdir")
+    if args.peft_adapter and not args.workdir:
+        parser.error("--peft-adapter needs --workdir (a run trained with model.lora.rank > 0)")
     cli_errors.setup_logging(args.debug)
 
     with cli_errors.reported(args.debug):
         if not args.overwrite and holds_model(args.out):  # before a checkpoint (minutes for 7B) is restored
             raise cli_errors.UsageError(f"--out {args.out} already holds a model (config.json or weights); "
                                         f"pass --overwrite to replace it")
-        if args.workdir:
+        if args.workdir and args.peft_adapter:
+            from qzhou_jax import model as qmodel
+            from qzhou_jax.hf.peft import write_adapter
+
+            params, config, prompt, tokenizer_dir, source = from_workdir(args.workdir, args.step, merge_lora=False)
+            if not config.lora_rank:
+                raise cli_errors.UsageError(f"--peft-adapter: {args.workdir} was not trained with LoRA "
+                                            f"(model.lora.rank = 0)")
+            write_adapter(params, config, args.peft_adapter, base_model=source.get("lora_base"))
+            params, config = qmodel.merge_lora(params, config)
+        elif args.workdir:
             params, config, prompt, tokenizer_dir, source = from_workdir(args.workdir, args.step)
         else:
             encode.check_model_dir(args.params_from_hf, "--params-from-hf")

@@ -3,8 +3,8 @@ and change what differs; they never replace a whole block, so every key stays ov
 These are starting values, not the recipe: configs/stage1.py and configs/stage2.py set every number of the paper
 themselves, each citing its section of docs/recipe.md. `stages(...)` chains configs into one run.
 
-Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export, mine. Every key can be overridden
-on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
+Sections: model, init_from, mesh, loss, optim, train, data, checkpoint, eval, export, mine, merge. Every key can be
+overridden on the command line, e.g. `--config.optim.lr=1e-5 --config.mesh.shape="(1,-1,1)"`; unknown keys are rejected.
 A key whose default is None is declared with `optional(type)` so that an override of it parses
 (`--config.data.eta=0.72`). Adding a key is one line in its block's table below.
 """
@@ -29,7 +29,11 @@ MODEL = dict(
     remat_policy="full",  # none | full | dots | dots_no_batch
     scan_layers=True,
     attention_impl="auto",  # auto | xla | cudnn | splash (model/attention.py; auto: tpu->splash, gpu->cudnn)
-    trainable="all",      # all | top:N (partial fine-tuning: top N layers + final norm; embedding frozen)
+    trainable="all",      # all | top:N (partial fine-tuning: top N layers + final norm; embedding frozen) | layers
+    # LoRA (model/lora.py; peft's conventions): rank 0 = off; the base is frozen. Defaults as FlagEmbedding's
+    # decoder-only embedder (alpha 16, dropout 0.1, all seven projections); scaling alpha / rank.
+    lora=dict(rank=0, alpha=16.0, dropout=0.1,
+              targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 )
 # Checked against losses.LossConfig's defaults by tests/config/test_defaults.py.
 LOSS = dict(
@@ -69,7 +73,8 @@ DATA = dict(
 CHECKPOINT = dict(every=500, keep=3, keep_best=False, best_metric="", async_save=True)
 # split "dev" where a task has one (its own split otherwise): the best checkpoint is not picked on test data.
 EVAL = dict(every=1000, tasks=(), split="dev", max_examples=0, batch_size=64, max_length=512)
-EXPORT = dict(at_end=True, dtype="bfloat16")
+EXPORT = dict(at_end=True, dtype="bfloat16",
+              peft_adapter=False)  # LoRA runs: also write WORKDIR/peft_adapter (peft loads it on the base)
 TOP = dict(
     init_from="",         # a stage-1 workdir (params only) or an HF dir; "base": model.hf_dir / the preset
     plot=True,
@@ -83,12 +88,20 @@ TOP = dict(
 # mined/cache (embeddings are keyed by model fingerprint and texts, so runs mining with the same model can share one);
 # model "": the model that starts the stage (the previous stage's final weights, else init_from, else model.hf_dir),
 # "base": model.hf_dir even after a previous stage, or a workdir / HF directory.
+# every=K (> 0): also refresh them DURING the stage, every K steps, with the live params (mining/refresh.py).
 MINE = dict(
     enabled=False, model="", datasets=(), negatives=0, window=(10, 30), keep_existing=False, rule="none", rule_value=0.0,
     min_positive_rank=0, min_positive_score=-1.0, max_length=0, batch_size=32, encode_chunk=4096, seed=0, cache="",
+    every=0,
 )
+# A merge stage (multi-stage configs; qzhou_jax/merging/stages.py): enabled=True makes the stage merge instead of
+# train. models: earlier stage names of this run, workdirs or HF dirs; weights: one per model (() = equal;
+# slerp's t is w2 / (w1 + w2)); base: ties' common ancestor (a stage name, a path, or "base" = this stage's
+# model.hf_dir); density / scale: ties' kept fraction and lambda; normalize: divide by the (agreeing) weights' sum.
+MERGE = dict(enabled=False, method="linear", models=(), weights=(), base="", density=0.2, scale=1.0, normalize=True,
+             dtype="float32")
 BLOCKS = dict(model=MODEL, loss=LOSS, optim=OPTIM, train=TRAIN, data=DATA, checkpoint=CHECKPOINT, eval=EVAL,
-              export=EXPORT, mine=MINE)
+              export=EXPORT, mine=MINE, merge=MERGE)
 
 
 def plain_default(value):

@@ -7,7 +7,8 @@ train on (`pipeline.load_samples`: after max_examples) are written as FlagEmbedd
 at that file (`jsonl:` source, `retrieval` transform, max_examples already applied). A `<name>.done.json`
 records the settings of a finished dataset; a rerun (e.g. resuming the stage) with the same settings reuses it,
 and an interrupted one reuses the embedding cache under `mined/cache`.
-Not done: refreshing negatives every K steps during a stage.
+Refreshing negatives every K steps during a stage: mining/refresh.py (`mine.every`), which shares
+`select_config`, `flag_embedding_row` and `point_at` with this module.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
     encoder, new_sources = None, {}
     for name in wanted:
         spec = specs[name]
-        select = _select_config(m, spec.num_negatives)
+        select = select_config(m, spec.num_negatives)
         max_length = m.max_length or spec.max_len_passage
         settings = dict(model=os.path.abspath(model), step=step, source=spec.source, split=spec.split,
                         max_examples=spec.max_examples, seed=data.seed, select=repr(select), max_length=max_length,
@@ -82,7 +83,7 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
         if jax.process_index() == 0:
             samples = pipeline.load_samples(spec, SkipCounter.for_data(data), data.seed,
                                             evaluation_texts=evaluation_texts)
-            write_jsonl(rows_path, (_row(s, spec.instruction) for s in samples))
+            write_jsonl(rows_path, (flag_embedding_row(s, spec.instruction) for s in samples))
         _barrier(f"mine-input-{name}")
         if encoder is None or encoder.max_length != max_length:
             encoder = load_encoder(model, max_length=max_length, batch_size=m.batch_size)
@@ -94,13 +95,13 @@ def remine_for_stage(stage_cfg, previous_workdir: str | None, stage_workdir: str
         if jax.process_index() == 0:
             mcache._write_json(done, dict(settings=settings, stats=stats))
         _barrier(f"mine-done-{name}")
-    return _point_at(stage_cfg, new_sources)
+    return point_at(stage_cfg, new_sources)
 
 
 RULES = ("none", "relative_margin", "max_score_ratio")
 
 
-def _select_config(m, num_negatives: int) -> SelectConfig:
+def select_config(m, num_negatives: int) -> SelectConfig:
     if m.rule not in RULES:
         raise ValueError(f"mine.rule {m.rule!r}: expected one of {RULES}")
     rule = {m.rule: float(m.rule_value)} if m.rule != "none" else {}
@@ -110,7 +111,7 @@ def _select_config(m, num_negatives: int) -> SelectConfig:
                         **rule)
 
 
-def _row(sample, default_instruction: str) -> dict:
+def flag_embedding_row(sample, default_instruction: str) -> dict:
     """A FlagEmbedding row; `prompt` is the instruction training would use (the sample's, else the dataset's)."""
     row = dict(query=sample.query, pos=[sample.positive], neg=list(sample.negatives))
     if sample.instruction or default_instruction:
@@ -118,7 +119,8 @@ def _row(sample, default_instruction: str) -> dict:
     return row
 
 
-def _point_at(stage_cfg, sources: dict[str, str]):
+def point_at(stage_cfg, sources: dict[str, str]):
+    """A copy of `stage_cfg` whose datasets named in `sources` read those FlagEmbedding files instead."""
     cfg = stage_cfg.copy_and_resolve_references()
     datasets = []
     for entry in plain(cfg.data.datasets):

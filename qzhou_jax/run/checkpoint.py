@@ -237,9 +237,24 @@ def model_config_to_dict(config: ModelConfig) -> dict:
 
 
 def model_config_from_dict(raw: dict) -> ModelConfig:
-    """The saved model config, as a model: partial fine-tuning's frozen_layers is a training choice, not part of
-    the network, so a restored model runs whole (export, evaluation, mining, the next stage)."""
-    return ModelConfig(**{**raw, "frozen_layers": 0})
+    """The saved model config, as a model: partial fine-tuning (frozen_layers, freeze_embedding) is a training
+    choice, not part of the network, so a restored model runs whole (export, evaluation, mining, the next stage).
+    LoRA fields stay: the saved params hold the adapters (restore_params merges them by default)."""
+    return ModelConfig(**{**raw, "frozen_layers": 0, "freeze_embedding": False})
+
+
+def _with_adapter_shardings(shardings, params_meta):
+    """`shardings` (for a plain params tree) completed with replicated shardings, on the same devices, for the
+    LoRA adapters the saved tree holds (they are small, and merged into their kernels right after)."""
+    from qzhou_jax.model import lora
+
+    saved_adapters, _ = lora.split_adapters(params_meta)
+    if not saved_adapters or lora.split_adapters(shardings)[0]:
+        return shardings
+    first = jax.tree.leaves(shardings)[0]
+    replicated = (jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+                  if isinstance(first, jax.sharding.NamedSharding) else first)
+    return lora.join(shardings, jax.tree.map(lambda _: replicated, saved_adapters))
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -268,11 +283,14 @@ def read_only_manager(workdir: str) -> ocp.CheckpointManager:
         absl_log.removeFilter(quiet)
 
 
-def restore_params(workdir: str, step: int | None = None, shardings=None) -> tuple[Any, ModelConfig, dict]:
+def restore_params(workdir: str, step: int | None = None, shardings=None, *,
+                   merge_lora: bool = True) -> tuple[Any, ModelConfig, dict]:
     """Params only (no optimizer state) from a training workdir: stage hand-off, export, evaluation.
 
-    Returns (params, model_config, meta). `shardings`: a params-shaped pytree of shardings, or None to restore
-    onto this process's first local device.
+    Returns (params, model_config, meta). `shardings`: a params-shaped pytree of shardings (of the plain model:
+    LoRA adapters are restored replicated), or None to restore onto this process's first local device. A run
+    trained with LoRA comes back merged (W + alpha/r A B, config without LoRA) unless `merge_lora=False`, which
+    returns the adapters as saved (hf/peft.py writes them).
     """
     manager = read_only_manager(workdir)
     steps = sorted(manager.all_steps(), reverse=True)
@@ -291,15 +309,23 @@ def restore_params(workdir: str, step: int | None = None, shardings=None) -> tup
             params_meta = tree["params"] if isinstance(tree, dict) else tree.params
             if shardings is None:
                 default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this host's, not process 0's
-                shardings = jax.tree.map(lambda _: default, params_meta)
+                target_shardings = jax.tree.map(lambda _: default, params_meta)
+            else:
+                target_shardings = _with_adapter_shardings(shardings, params_meta)
             target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                                  params_meta, shardings)
+                                  params_meta, target_shardings)
             restored = manager.restore(candidate, args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(item={"params": target}, restore_args=jax.tree.map(
                     lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), {"params": target}),
                     partial_restore=True)))
             params = restored["state"]["params"]
             _verify(meta.get("fingerprint"), {"params": params}, f"{workdir}: checkpoint step {candidate}")
+            if merge_lora and config.lora_rank:
+                from qzhou_jax.model import lora
+
+                merge = jax.jit(lambda p: lora.merge(p, config),
+                                **({"out_shardings": shardings} if shardings is not None else {}))
+                params, config = merge(params), config.without_lora()
             return params, config, {**meta, "step": candidate}
         except FileNotFoundError:
             raise

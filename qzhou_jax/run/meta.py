@@ -31,6 +31,18 @@ def tokenizer_source(cfg: Mapping) -> str | None:
     return model.get("tokenizer") or model.get("hf_dir") or None
 
 
+def lora_base(cfg: Mapping) -> str | None:
+    """The base a LoRA run's adapters apply to: its init_from (a workdir: that run's export dir), else
+    model.hf_dir; None when the run started from a random preset."""
+    from qzhou_jax.config.defaults import REQUIRED
+    from qzhou_jax.run import checkpoint
+
+    source = cfg.get("init_from") or ""
+    if source in ("", "base", REQUIRED):
+        return (cfg.get("model") or {}).get("hf_dir") or None
+    return os.path.join(source, "export") if checkpoint.is_workdir(source) else source
+
+
 def run_metadata(cfg: Mapping, tokenizer_dir: str | None = None) -> dict[str, Any]:
     """Keys for the checkpoint meta: {"prompt": {query_template, sep}, "tokenizer": dir or None}. `tokenizer_dir`:
     the copy the run saved in its workdir (train.py), else the configured source."""

@@ -57,10 +57,17 @@ def resolve_mesh_shape(shape, device_count: int) -> tuple[int, ...]:
 def check(cfg, *, device_count: int, process_count: int = 1) -> None:
     """Raises ConfigError for the first mistake found in `cfg` (every stage of a multi-stage config)."""
     if cfg.get("stages"):
-        for name, stage in cfg.stages.items():
+        names = list(cfg.stages)
+        for i, (name, stage) in enumerate(cfg.stages.items()):
+            if stage.get("merge") and stage.merge.enabled:
+                _check_merge(stage, f"stages.{name}.", names[:i], process_count)
+                continue
             _check_stage(stage, device_count, process_count, prefix=f"stages.{name}.", first=name ==
                          next(iter(cfg.stages)))
         return
+    if cfg.get("merge") and cfg.merge.enabled:
+        raise ConfigError("merge.enabled", True, "a merge is a stage of a multi-stage config (stages.NAME.merge); "
+                          "to merge finished runs use python -m qzhou_jax.merge")
     _check_stage(cfg, device_count, process_count, prefix="", first=True)
 
 
@@ -113,7 +120,7 @@ def _check_values(cfg, prefix: str) -> None:
         if unknown:
             raise ConfigError(prefix + "eval.tasks", tuple(cfg.eval.tasks), f"unknown task(s) {unknown}; local "
                               f"tasks: {', '.join(TASKS)}")
-    if cfg.get("mine") and cfg.mine.get("enabled"):
+    if cfg.get("mine") and (cfg.mine.get("enabled") or cfg.mine.get("every")):  # between stages, or during one
         _choice(cfg, "mine.rule", prefix, ("none", "relative_margin", "max_score_ratio"))  # mining/stages.RULES
 
 
@@ -217,6 +224,7 @@ def _check_stage(cfg, device_count: int, process_count: int, prefix: str, first:
             # The metric reaches Orbax only with a save at an evaluated step; otherwise "best" is never scored.
             raise ConfigError(prefix + "eval.every", cfg.eval.every, f"must be a multiple of checkpoint.every "
                               f"({cfg.checkpoint.every}) with checkpoint.keep_best")
+    _check_model(cfg, prefix)
     try:
         losses.loss_config_from(cfg.loss.to_dict() if hasattr(cfg.loss, "to_dict") else cfg.loss)
     except ValueError as e:
@@ -246,6 +254,79 @@ def _check_stage(cfg, device_count: int, process_count: int, prefix: str, first:
         if chunks > 1 and size % chunks:
             raise ConfigError(prefix + "train.gradcache_chunks", chunks, f"must divide data.batch_size.{task} "
                               f"({size})")
+    _check_refresh(cfg, prefix, process_count)
+
+
+def _check_model(cfg, prefix: str) -> None:
+    """model.trainable's form and model.lora (the layer count is checked once the model config is known)."""
+    from qzhou_jax.model.config import LORA_TARGETS
+
+    trainable = cfg.model.get("trainable", "all")
+    kind, _, count = str(trainable).partition(":")
+    if trainable not in ("all", "layers") and not (kind == "top" and count.isdigit() and int(count) >= 1):
+        raise ConfigError(prefix + "model.trainable", trainable, "must be 'all', 'layers' (embedding frozen) or "
+                          "'top:N' (the top N layers and the final norm train)")
+    lora = cfg.model.get("lora")
+    if not lora:
+        return
+    _positive_int(cfg, "model.lora.rank", prefix, minimum=0)
+    if not lora.rank:
+        return
+    if trainable != "all":
+        raise ConfigError(prefix + "model.trainable", trainable, "LoRA (model.lora.rank > 0) freezes the whole base "
+                          "already: leave model.trainable at 'all'")
+    if isinstance(lora.alpha, bool) or not isinstance(lora.alpha, (int, float)) or not lora.alpha > 0:
+        raise ConfigError(prefix + "model.lora.alpha", lora.alpha, "must be a positive number (scaling alpha / rank)")
+    if isinstance(lora.dropout, bool) or not isinstance(lora.dropout, (int, float)) or not 0 <= lora.dropout < 1:
+        raise ConfigError(prefix + "model.lora.dropout", lora.dropout, "must be within [0, 1)")
+    targets = tuple(lora.targets)
+    if not targets or not set(targets) <= set(LORA_TARGETS):
+        raise ConfigError(prefix + "model.lora.targets", targets, f"must be a non-empty subset of {LORA_TARGETS}")
+
+
+def _check_merge(cfg, prefix: str, earlier: list[str], process_count: int) -> None:
+    from qzhou_jax.merging import METHODS
+
+    m = cfg.merge
+    if m.method not in METHODS:
+        raise ConfigError(prefix + "merge.method", m.method, f"must be one of {METHODS}")
+    models = tuple(m.models)
+    if len(models) < 2:
+        raise ConfigError(prefix + "merge.models", models, f"give two or more: earlier stages {earlier} or paths")
+    if m.weights and len(m.weights) != len(models):
+        raise ConfigError(prefix + "merge.weights", tuple(m.weights), f"one weight per model ({len(models)}), or ()")
+    if m.method == "slerp" and len(models) != 2:
+        raise ConfigError(prefix + "merge.models", models, "slerp merges exactly two models")
+    if m.method == "ties":
+        if not m.base:
+            raise ConfigError(prefix + "merge.base", m.base, "ties needs the models' common ancestor: a stage, a "
+                              "path, or 'base' (model.hf_dir)")
+        if not 0 < m.density <= 1:
+            raise ConfigError(prefix + "merge.density", m.density, "must be within (0, 1]")
+    for spec in models + ((m.base,) if m.base and m.base != "base" else ()):
+        if spec not in earlier and not os.path.exists(spec):
+            raise ConfigError(prefix + "merge.models", models, f"{spec!r} is neither an earlier stage {earlier} "
+                              f"(stages run in name order) nor an existing workdir / HF directory")
+    if process_count > 1:
+        raise ConfigError(prefix + "merge.enabled", True, "merge stages run on one host")
+
+
+def _check_refresh(cfg, prefix: str, process_count: int) -> None:
+    """mine.every (hard negatives refreshed during the stage)."""
+    if not cfg.get("mine") or "every" not in cfg.mine:
+        return
+    _positive_int(cfg, "mine.every", prefix, minimum=0)
+    if not cfg.mine.every:
+        return
+    if process_count > 1:
+        raise ConfigError(prefix + "mine.every", cfg.mine.every, "refreshing negatives during training runs on one "
+                          "host only (its encoder reads embeddings back on the host); mine between stages instead "
+                          "(mine.enabled)")
+    from qzhou_jax.mining.refresh import mined_dataset_names
+    try:
+        mined_dataset_names(cfg)
+    except ValueError as e:
+        raise ConfigError(prefix + "mine.datasets", tuple(cfg.mine.datasets), str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------------- resume

@@ -35,9 +35,9 @@ from qzhou_jax.data.spec import DataConfig
 from qzhou_jax.eval import tasks as eval_tasks
 from qzhou_jax.train.metrics import MetricsWriter, Progress
 from qzhou_jax.model import ModelConfig
-from qzhou_jax.model.config import frozen_layers_for
+from qzhou_jax.model.config import trainable_fields
 from qzhou_jax.run import meta as run_meta
-from qzhou_jax.run.meta import prompt_config, run_metadata
+from qzhou_jax.run.meta import lora_base, prompt_config, run_metadata
 from qzhou_jax.tokenizer import check_vocab, load_tokenizer
 from qzhou_jax.train.step import (abstract_state, batch_flops, create_state, gradcache_balance, make_step_fn, mesh_context)
 from qzhou_jax.train.workdir_lock import WorkdirLock
@@ -61,9 +61,17 @@ def build_model_config(cfg) -> ModelConfig:
                  if m.get(k) is not None}
     config = ModelConfig.from_hf(m.hf_dir, **overrides) if m.get("hf_dir") else qmodel.preset(m.preset, **overrides)
     try:
-        return config.replace(frozen_layers=frozen_layers_for(m.get("trainable", "all"), config.num_layers))
+        config = config.replace(**trainable_fields(m.get("trainable", "all"), config.num_layers))
     except ValueError as e:
         raise config_check.ConfigError("model.trainable", m.get("trainable"), str(e)) from None
+    lora = m.get("lora")
+    if lora and lora.get("rank"):
+        try:
+            config = config.replace(lora_rank=int(lora.rank), lora_alpha=float(lora.alpha),
+                                    lora_dropout=float(lora.dropout), lora_targets=tuple(lora.targets))
+        except ValueError as e:
+            raise config_check.ConfigError("model.lora", lora.to_dict(), str(e)) from None
+    return config
 
 
 def peak_flops(cfg) -> float | None:
@@ -73,7 +81,23 @@ def peak_flops(cfg) -> float | None:
 
 def init_params(cfg, model_config: ModelConfig, shardings=None):
     """Initial params: a stage-1 workdir or an HF dir (`init_from`), else ("" or "base") the HF base model, else
-    random."""
+    random. With LoRA, that is the (frozen) base, and fresh adapters are added (A random, B zero: the model starts
+    as the base). A workdir trained with LoRA hands over its merged weights."""
+    if model_config.lora_rank:
+        from qzhou_jax.model import lora
+
+        adapter_shardings, base_shardings = lora.split_adapters(shardings) if shardings is not None else (None, None)
+        base = _init_base_params(cfg, model_config.without_lora(), base_shardings)
+        adapters = jax.jit(lambda rng: qmodel.init_adapters(model_config, rng), out_shardings=adapter_shardings)(
+            jax.random.fold_in(jax.random.key(cfg.train.seed), 1))
+        log.info("LoRA rank %d (alpha %g, dropout %g) on %s: %.2fM adapter parameters", model_config.lora_rank,
+                 model_config.lora_alpha, model_config.lora_dropout, ",".join(model_config.lora_targets),
+                 lora.count(adapters) / 1e6)
+        return lora.join(base, adapters)
+    return _init_base_params(cfg, model_config, shardings)
+
+
+def _init_base_params(cfg, model_config: ModelConfig, shardings=None):
     source = cfg.get("init_from") or ""
     if source == REQUIRED:
         raise config_check.ConfigError("init_from", source, "set it to a stage-1 workdir, an HF dir, or 'base'")
@@ -128,7 +152,8 @@ def build_state_and_steps(cfg, model_config: ModelConfig, mesh, tasks) -> StateA
         if problem:
             log.warning("%s: %s", task, problem)
     step = make_step_fn(config=model_config, loss_config=loss_config, tx=tx, schedule=schedule,
-                        gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings)
+                        gradcache_chunks=chunks, rules=rules, state_shardings=state_shardings,
+                        dropout_seed=int(cfg.train.seed))
     return StateAndSteps(rules, tx, state, step)
 
 
@@ -192,6 +217,11 @@ def run(cfg, workdir: str, *, after_step: AfterStep | None = None) -> dict[str, 
             stage.init_from = previous
         stage_dir = os.path.join(workdir, name)
         print(f"==== {name} ====", flush=True)
+        if stage.get("merge") and stage.merge.enabled:  # a merge stage: earlier stages (or paths) merged
+            from qzhou_jax.merging.stages import merge_stage
+            summaries[name] = merge_stage(stage, workdir, stage_dir, list(cfg.stages))
+            previous = stage_dir
+            continue
         summaries[name] = _completed(stage_dir, stage)
         if not summaries[name]:
             if stage.get("mine") and stage.mine.enabled:  # new hard negatives from the previous stage's model
@@ -244,10 +274,17 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("hf_dir") or None)
     check_vocab(tokenizer, model_config.vocab_size, "model.tokenizer")
     tokenizer_dir = _keep_tokenizer(tokenizer, workdir)
-    dataset, info = data_pipeline.build_pipeline(cfg.data, tokenizer, process_index=jax.process_index(),
-                                                 process_count=jax.process_count(),
-                                                 row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)),
-                                                 evaluation_texts=eval_tasks.evaluation_texts)
+    refresher = _make_refresher(cfg, workdir, tokenizer, model_config)
+    mined = _refresh_in_force(workdir) if refresher else None  # the refresh the newest checkpoint trains on
+
+    def make_data(record):  # mine.every: the data the refresh in force (`record`) points at
+        data_cfg = refresher.config_for(record) if refresher else cfg
+        return data_pipeline.build_pipeline(data_cfg.data, tokenizer, process_index=jax.process_index(),
+                                            process_count=jax.process_count(),
+                                            row_chunks=max(1, int(cfg.train.gradcache_chunks or 1)),
+                                            evaluation_texts=eval_tasks.evaluation_texts)
+
+    dataset, info = make_data(mined)
     log.info("data mixture:\n%s", info.table())
     if report := info.skipped.report():
         print(f"skipped rows (per dataset and reason):\n{report}", flush=True)
@@ -272,14 +309,25 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
                 f"{k}: {old!r} -> {new!r}" for k, old, new in changes), flush=True)
     restored = checkpoint.restore_latest(manager, abstract_state, data_iter)
     if restored is not None:
-        state, start_step, _ = restored
+        state, start_step, restored_meta = restored
         print(f"resuming from checkpoint step {start_step} in {workdir}", flush=True)
+        if refresher and _refresh_step(restored_meta.get("mined")) != _refresh_step(mined):
+            # an older checkpoint than the newest meta (the newest was unreadable): its own refresh's data
+            mined = restored_meta.get("mined")
+            position = data_iter.get_state()
+            dataset, info = make_data(mined)
+            data_iter = iter(dataset)
+            data_iter.set_state(position)
     else:
         params = init_params(cfg, model_config, param_shardings)
         state = jax.jit(lambda p: create_state(p, tx, model_config), out_shardings=state_shardings)(params)
         start_step = 0
     meta = {"model_config": checkpoint.model_config_to_dict(model_config), "config": config_json,
             "data": {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}, **run_metadata(cfg, tokenizer_dir)}
+    if refresher:
+        meta["mined"] = mined
+        if mined:
+            print(f"training on the negatives of the mine refresh at step {mined['step']}", flush=True)
 
     writer = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step)
@@ -321,6 +369,19 @@ def _run_stage(cfg, workdir: str, after_step: AfterStep | None) -> dict[str, Any
                 writer.write(step, scalars)
                 print(progress.line(step, {**scalars, "task": batch.task}), flush=True)
                 window = []
+
+            if refresher is not None and refresher.due(step):  # new hard negatives from the live params
+                t_refresh = time.time()
+                mined = refresher.refresh(step, state.params)
+                position = data_iter.get_state()
+                dataset, info = make_data(mined)
+                data_iter = iter(dataset)
+                data_iter.set_state(position)  # the same global position: batch step + 1 is next
+                meta["mined"] = mined
+                meta["data"] = {"names": info.names, "tasks": info.tasks, "sizes": info.sizes}
+                print(describe_refresh(mined), flush=True)
+                writer.write(step, {f"mine/{k}": float(v) for k, v in mined["cost"].items()})
+                t_last += time.time() - t_refresh  # throughput windows exclude refresh time
 
             eval_metrics = None
             if evaluator is not None and (step % cfg.eval.every == 0 or step == total_steps):
@@ -411,6 +472,32 @@ def _check_finite(scalars, limit: int) -> None:
         log.warning("%d non-finite steps skipped so far", int(scalars["nonfinite_total"]))
 
 
+def _make_refresher(cfg, workdir, tokenizer, model_config):
+    """mine.every > 0: hard negatives refreshed with the live params every that many steps (mining/refresh.py)."""
+    if not (cfg.get("mine") and int(cfg.mine.get("every", 0) or 0) > 0):
+        return None
+    from qzhou_jax.mining.refresh import Refresher
+    return Refresher(cfg, workdir, tokenizer, model_config, prompt_config(cfg), total_steps=int(cfg.train.steps))
+
+
+def _refresh_in_force(workdir: str) -> dict | None:
+    """The mine refresh recorded in the newest checkpoint's meta (None: no checkpoint, or none recorded); read
+    without creating anything, before the data pipeline is built on it."""
+    if not run_meta.checkpoint_steps(workdir):
+        return None
+    latest = checkpoint.latest_meta(checkpoint.read_only_manager(workdir))
+    return latest[1].get("mined") if latest else None
+
+
+def _refresh_step(record) -> int | None:
+    return record["step"] if record else None
+
+
+def describe_refresh(record) -> str:
+    from qzhou_jax.mining.refresh import describe
+    return describe(record)
+
+
 def _make_evaluator(cfg, model_config, tokenizer):
     if not cfg.get("eval") or not cfg.eval.get("tasks"):
         return None
@@ -423,7 +510,14 @@ def _finish(cfg, workdir, state, model_config, tokenizer) -> dict[str, Any]:
     if cfg.get("export") and cfg.export.get("at_end"):
         from qzhou_jax.hf.export import export_hf
         export_dir = os.path.join(workdir, "export")
-        export_hf(state.params, model_config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True,
+        if model_config.lora_rank and cfg.export.get("peft_adapter"):
+            from qzhou_jax.hf.peft import write_adapter
+            adapter_dir = os.path.join(workdir, "peft_adapter")
+            write_adapter(state.params, model_config, adapter_dir, base_model=lora_base(cfg))
+            print(f"wrote the PEFT LoRA adapter to {adapter_dir}", flush=True)
+            out["peft_adapter_dir"] = adapter_dir
+        params, config = qmodel.merge_lora(state.params, model_config.whole())  # serving: plain Qwen2 weights
+        export_hf(params, config, export_dir, tokenizer=tokenizer, dtype=cfg.export.dtype, overwrite=True,
                   prompt=prompt_config(cfg))
         print(f"exported HF / sentence-transformers model to {export_dir}", flush=True)
         out["export_dir"] = export_dir

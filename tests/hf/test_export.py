@@ -331,8 +331,8 @@ def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
 
     calls = []
 
-    def restore_params(workdir, step=None):
-        calls.append((workdir, step))
+    def restore_params(workdir, step=None, merge_lora=True):
+        calls.append((workdir, step, merge_lora))
         return params, CONFIG, {"prompt": {"query_template": "Do {instruction}:", "sep": " "},
                                 "config": {"model": {"tokenizer": "", "hf_dir": ""}}, "step": 7}
 
@@ -342,7 +342,7 @@ def test_cli_workdir_uses_restore_params(params, tmp_path, monkeypatch):
     (tmp_path / "wd" / "checkpoints").mkdir(parents=True)
     cli.main(["--workdir", str(tmp_path / "wd"), "--step", "7", "--out", str(tmp_path / "out"), "--dtype", "float32",
               "--max-shard-size", "3e6"])
-    assert calls == [(str(tmp_path / "wd"), 7)]
+    assert calls == [(str(tmp_path / "wd"), 7, True)]  # a LoRA run is exported merged
     assert (tmp_path / "out" / hf_export.INDEX_NAME).exists()
     reloaded = load_params(str(tmp_path / "out"), CONFIG)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), reloaded, params)

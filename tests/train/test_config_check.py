@@ -154,3 +154,55 @@ def test_resume_on_another_mesh_lists_the_changes(trained_workdir, tmp_path, cap
     out = capsys.readouterr().out
     assert "resuming with 2 changed config key(s)" in out and "mesh.shape: [-1, 1, 1] -> [2, 2, 2]" in out
     assert "resuming from checkpoint step 4" in out and summary["step"] == 5
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.trainable=top:0", "model.trainable"), ("model.trainable=bottom:2", "model.trainable"),
+    ("model.lora.rank=-1", "model.lora.rank"),
+    ("model.lora.targets=('q_proj','lm_head')", "model.lora.targets"),
+    ("model.lora.dropout=1.0", "model.lora.dropout"), ("model.lora.alpha=0.0", "model.lora.alpha"),
+    ("mine.every=-3", "mine.every"), ("mine.datasets=('nope',)", "mine.datasets"),
+])
+def test_efficient_finetuning_and_refresh_mistakes_name_their_field(override, field):
+    extra = ["--config.model.lora.rank=4"] if override.startswith("model.lora.") and "rank" not in override else []
+    extra += ["--config.mine.every=5"] if override.startswith("mine.datasets") else []
+    cfg = load_config("configs/demo.py:stage1", [f"--config.{override}", *extra])
+    with pytest.raises(config_check.ConfigError) as err:
+        config_check.check(cfg, device_count=8)
+    assert str(err.value).startswith(f"config.{field} = ") and "\n" not in str(err.value)
+
+
+def test_lora_excludes_partial_and_refresh_runs_on_one_host():
+    ok = load_config("configs/demo.py:stage1", ["--config.model.lora.rank=4", "--config.mine.every=5"])
+    config_check.check(ok, device_count=8)
+    both = load_config("configs/demo.py:stage1", ["--config.model.lora.rank=4", "--config.model.trainable=top:1"])
+    with pytest.raises(config_check.ConfigError, match="model.trainable.*LoRA"):
+        config_check.check(both, device_count=8)
+    with pytest.raises(config_check.ConfigError, match="mine.every.*one host"):
+        config_check.check(ok, device_count=8, process_count=2)
+
+
+def test_merge_stage_mistakes_name_their_field():
+    def staged(**merge):
+        cfg = load_config("configs/demo.py")
+        with cfg.unlocked():
+            soup = cfg.stages.stage2.copy_and_resolve_references()
+            soup.merge.enabled = True
+            for key, value in merge.items():
+                soup.merge[key] = value
+            cfg.stages.stage3 = soup
+        return cfg
+    config_check.check(staged(models=("stage1", "stage2")), device_count=8)
+    for merge, field in ((dict(models=("stage1",)), "merge.models"),
+                         (dict(models=("stage1", "stage4")), "merge.models"),  # not an earlier stage
+                         (dict(models=("stage1", "stage2"), method="dare"), "merge.method"),
+                         (dict(models=("stage1", "stage2"), weights=(1.0,)), "merge.weights"),
+                         (dict(models=("stage1", "stage2"), method="ties"), "merge.base")):
+        with pytest.raises(config_check.ConfigError) as err:
+            config_check.check(staged(**merge), device_count=8)
+        assert str(err.value).startswith(f"config.stages.stage3.{field} = "), merge
+    with pytest.raises(config_check.ConfigError, match="merge.enabled.*one host"):
+        config_check.check(staged(models=("stage1", "stage2")), device_count=8, process_count=2)
+    single = load_config("configs/demo.py:stage1", ["--config.merge.enabled=True"])
+    with pytest.raises(config_check.ConfigError, match="python -m qzhou_jax.merge"):
+        config_check.check(single, device_count=8)
