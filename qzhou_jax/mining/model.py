@@ -44,7 +44,10 @@ def model_fingerprint(encoder: Encoder, samples_per_leaf: int = 4096) -> str:
     digest.update(repr((encoder.prompt, encoder.max_length)).encode())
     for path, leaf in jax.tree_util.tree_flatten_with_path(encoder.params)[0]:
         digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
-        flat = leaf.reshape(-1)
-        idx = np.linspace(0, flat.size - 1, min(flat.size, samples_per_leaf)).astype(np.int64)
-        digest.update(np.asarray(flat[idx], np.float32).tobytes())
+        size = int(np.prod(leaf.shape))
+        idx = np.linspace(0, size - 1, min(size, samples_per_leaf)).astype(np.int64)
+        # The same elements as leaf.reshape(-1)[idx], gathered without reshaping (a reshape of an array sharded
+        # over a mesh, e.g. the live training params of mining/refresh.py, would first gather all of it).
+        sample = leaf[np.unravel_index(idx, leaf.shape)] if leaf.ndim else leaf
+        digest.update(np.asarray(sample, np.float32).reshape(-1).tobytes())
     return digest.hexdigest()
