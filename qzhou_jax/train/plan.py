@@ -14,7 +14,8 @@ function as train.py (`train.build_state_and_steps`). FLOPs: XLA's cost_analysis
 so the scanned layers (and GradCache's chunk loops) are undercounted; the planner therefore counts model FLOPs
 analytically (train_step.flops_per_token, the same count as train.py's MFU) and executed FLOPs as model FLOPs
 times the recompute of remat (one more forward) and GradCache (one more forward); XLA's figure is shown beside.
-Exit status 2 when a step does not fit the HBM budget.
+Exit status 2 when a step does not fit the HBM budget, also when the TPU compiler itself refuses it for lack of
+HBM (the report then gives the compiler's count of the temporaries and the state's and batch's shards per chip).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from typing import Any
 
 import jax
@@ -123,6 +125,48 @@ class TaskPlan:
     roofline_s: float        # executed FLOPs at peak, per chip
     step_s: float            # model FLOPs at the assumed MFU
     fits: bool
+    refused: str = ""        # the TPU compiler's own refusal (temporaries over HBM), when it refused
+
+
+# XLA's TPU compiler refuses a program whose temporaries exceed the chip's HBM, e.g. "RESOURCE_EXHAUSTED: Ran out of
+# memory on HBM, the total memory required for HLO temporaries (19.18G) exceeds available HBM (15.75G)."
+_REFUSAL = re.compile(r"RESOURCE_EXHAUSTED.*?HLO temporaries \(([\d.]+)([KMGT])\)", re.S)
+
+
+def refused_temporaries(message: str) -> int | None:
+    """The temporaries (bytes) the TPU compiler says it needed when it refused for lack of HBM; None otherwise."""
+    found = _REFUSAL.search(message)
+    if not found:
+        return None
+    return int(float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10))
+
+
+def per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of an abstract (ShapeDtypeStruct with sharding) tree: the largest shard of each leaf."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) else leaf.shape
+        total += math.prod(shape) * jax.numpy.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _compile_memory(step, state, batch, mesh) -> tuple[Any, dict, str]:
+    """(compiled or None, {argument, output, alias, temp} bytes per chip, refusal). When the TPU compiler refuses
+    for lack of HBM, the plan still reports: temporaries as the compiler counted them, the state and batch from
+    their shardings (the state is donated: output = alias = state)."""
+    try:
+        with mesh_context(mesh):
+            compiled = step.jitted_for(batch).lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+        temp = refused_temporaries(str(e))
+        if temp is None:
+            raise
+        state_bytes = per_chip_bytes(state)
+        mem = dict(argument=state_bytes + per_chip_bytes(batch), output=state_bytes, alias=state_bytes, temp=temp)
+        return None, mem, str(e).splitlines()[0][:300]
+    m = compiled.memory_analysis()
+    return compiled, dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+                          alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes), ""
 
 
 def plan(cfg, topology: str, *, mfu: float = 0.4, hbm_gib: float = 0.0, devices=None, chip=None) -> dict:
@@ -144,24 +188,21 @@ def plan(cfg, topology: str, *, mfu: float = 0.4, hbm_gib: float = 0.0, devices=
     plans = []
     for task, s in sorted(shapes.items()):
         batch = batch_lib.abstract(task, rules=rules, **s)
-        with mesh_context(mesh):
-            compiled = step.jitted_for(batch).lower(state, batch).compile()
-        mem = compiled.memory_analysis()
-        cost = compiled.cost_analysis()
+        compiled, mem, refused = _compile_memory(step, state, batch, mesh)
+        cost = compiled.cost_analysis() if compiled is not None else None
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         b, c, la, lc = s["batch_size"], s["num_candidates"], s["query_len"], s["passage_len"]
         tokens_anchor, tokens_cand = b * la, b * c * lc
         model_flops = batch_flops(model_config, {"anchor_ids": (b, la), "cand_ids": (b, c, lc)}, tokens_anchor,
                                   tokens_cand)
-        total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + \
-            mem.temp_size_in_bytes
+        total = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
         plans.append(TaskPlan(
-            task=task, shapes=s, argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-            alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes, total_bytes=total,
+            task=task, shapes=s, argument_bytes=mem["argument"], output_bytes=mem["output"],
+            alias_bytes=mem["alias"], temp_bytes=mem["temp"], total_bytes=total, refused=refused,
             model_flops=model_flops, executed_flops=model_flops * factor,
             xla_flops=float(cost.get("flops")) if cost and cost.get("flops") is not None else None,
             tokens=tokens_anchor + tokens_cand, roofline_s=model_flops * factor / len(devices) / chip.peak_flops,
-            step_s=model_flops / len(devices) / (chip.peak_flops * mfu), fits=total <= budget))
+            step_s=model_flops / len(devices) / (chip.peak_flops * mfu), fits=total <= budget and not refused))
     steps_total = int(cfg.train.steps)
     return dict(topology=topology, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
                 hbm_bytes=budget, peak_flops=chip.peak_flops, mfu=mfu, steps=steps_total,
@@ -192,8 +233,11 @@ def format_report(report: dict) -> str:
             f"{g(t['alias_bytes'])})  temporaries {g(t['temp_bytes'])}",
             f"   per chip: total {g(t['total_bytes'])} of {g(report['hbm_bytes'])}  "
             f"{'fits' if t['fits'] else 'OVER BUDGET'} ({t['total_bytes'] / report['hbm_bytes']:.0%})",
+            *([f"   the TPU compiler refused it (temporaries are its count; arguments and outputs are the state's "
+               f"and batch's shards): {t['refused']}"] if t.get("refused") else []),
             f"   FLOPs/step: model {t['model_flops']:.3e}, executed {t['executed_flops']:.3e} (remat/GradCache "
-            f"recompute); XLA cost_analysis per chip {t['xla_flops'] or 0:.3e} (counts loop bodies once)",
+            f"recompute); XLA cost_analysis per chip "
+            f"{'n/a' if t['xla_flops'] is None else format(t['xla_flops'], '.3e')} (counts loop bodies once)",
             f"   roofline (executed FLOPs at peak) {t['roofline_s']:.3f} s/step; at MFU {report['mfu']:.0%}: "
             f"{t['step_s']:.3f} s/step, {tokens_per_s:,.0f} tokens/s, "
             f"{report['steps'] * t['step_s'] / 86400:.2f} days for {report['steps']:,} steps of this task",

@@ -75,6 +75,30 @@ def test_planner_cli_fails_clearly_over_budget():
     assert "OVER BUDGET" in out and "gradcache_chunks" in out and "remat_policy" in out and "mesh.shape" in out
 
 
+@pytest.mark.slow
+def test_a_step_the_tpu_compiler_refuses_is_reported_over_budget():
+    """XLA's TPU compiler refuses a program whose temporaries exceed HBM: the plan reports it (its temporaries, the
+    state's shards) instead of a traceback."""
+    _tpu("v5e:2x2")
+    cfg = small_config("--config.model.remat_policy=none")
+    cfg.data.datasets = presets.retrieval(16, 2048, 3, chinese=False)
+    cfg.data.batch_size = dict(retrieval=256, pair_score=32, classification=32)
+    report = plan.plan(cfg, "v5e-4")
+    (t,) = report["tasks"]
+    assert not report["fits"] and "RESOURCE_EXHAUSTED" in t["refused"]
+    assert t["temp_bytes"] > 16 * plan.GiB and t["xla_flops"] is None
+    assert t["argument_bytes"] >= t["output_bytes"] == t["alias_bytes"] > 0  # the state's shards, donated
+    text = plan.format_report(report)
+    assert "OVER BUDGET" in text and "the TPU compiler refused it" in text and "n/a" in text
+
+
+def test_refusal_message_parsing():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (19.18G) "
+           "exceeds available HBM (15.75G).")
+    assert plan.refused_temporaries(msg) == int(19.18 * 2 ** 30)
+    assert plan.refused_temporaries("RESOURCE_EXHAUSTED: something else") is None
+
+
 def test_gpu_topology_without_a_cuda_compiler_says_so():
     with pytest.raises(plan.PlanError, match="h100x8.*cannot compile for CUDA without a device"):
         plan.topology_devices("h100x8")
