@@ -117,14 +117,16 @@ class Projection(nn.Module):
 
     def _lora(self, x, in_shape, dtype):
         """(alpha / r) * B(A(dropout(x))), as peft's LoRA Linear computes it; dropout only when the caller passes a
-        "dropout" rng (training)."""
+        "dropout" rng (training). The adapters are stored in float32 whatever `param_dtype` is (peft's
+        autocast_adapter_dtype): a bf16 frozen base halves its memory, while the few trained weights and their
+        optimizer moments keep full precision."""
         cfg = self.config
         names_a = self.names[:self.in_axes] + ("lora_rank",)
         names_b = ("lora_rank",) + self.names[self.in_axes:]
         a = self.param("lora_a", nn.with_logical_partitioning(lora.init_a(math.prod(in_shape)), names_a),
-                       in_shape + (cfg.lora_rank,), _dtype(cfg.param_dtype))
+                       in_shape + (cfg.lora_rank,), jnp.float32)
         b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, names_b),
-                       (cfg.lora_rank,) + self.features, _dtype(cfg.param_dtype))
+                       (cfg.lora_rank,) + self.features, jnp.float32)
         if cfg.lora_dropout > 0 and self.has_rng("dropout"):
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.lora_dropout, x.shape)
             x = jnp.where(keep, x / (1.0 - cfg.lora_dropout), 0).astype(dtype)

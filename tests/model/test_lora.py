@@ -97,6 +97,17 @@ def test_only_targets_get_adapters():
         config.replace(frozen_layers=1)
 
 
+def test_adapters_stay_float32_over_a_bfloat16_base():
+    """peft's autocast_adapter_dtype: a bf16 frozen base, float32 adapters (and so float32 optimizer moments)."""
+    base = qmodel.preset("tiny", num_layers=2, param_dtype="bfloat16")
+    params = qmodel.init_params(base.replace(lora_rank=2), jax.random.key(0))
+    adapters, rest = lora.split_adapters(params)
+    assert {x.dtype for x in jax.tree.leaves(adapters)} == {jnp.dtype(jnp.float32)}
+    assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(rest)}
+    merged, _ = qmodel.merge_lora(params, base.replace(lora_rank=2))
+    assert merged["layers"]["self_attn"]["q_proj"]["kernel"].dtype == jnp.bfloat16  # serving keeps the base's dtype
+
+
 def test_adapters_carry_logical_axes_and_shard_like_their_kernels():
     _, config, _, _, _ = _setup(scan=True, rank=4)
     abstract, logical = qmodel.abstract_params(config)
