@@ -1,21 +1,21 @@
 """Full fine-tuning vs LoRA vs top-N layers (vs refreshed negatives, vs merges) on a pretrained base, side by side.
 
-    nice -n 19 python benchmarks/finetuning.py cost    --base /work/bases/smollm2-135m-instruct
-    nice -n 19 python benchmarks/finetuning.py quality --base ... --out /tmp/ft --steps 20 --max-examples 100
-    nice -n 19 python benchmarks/finetuning.py merge   --base ... --out /tmp/ft --parents full,lora:32
+    python benchmarks/finetuning.py cost    --base bases/smollm2-135m-instruct [--variants full,lora:8,lora:32,top:15]
+    python benchmarks/finetuning.py quality --base ... --out runs/ft [--variants full,lora:8,lora:32,top:15,full+refresh:10]
+    python benchmarks/finetuning.py merge   --base ... --out runs/ft --parents full,lora:32
 
-Variants (--variants, comma-separated): `full`, `lora:R` (rank R, alpha 2R... see --lora-alpha), `top:N` (the top N
-layers + final norm; embedding frozen), and any of them with `+refresh:K` (hard negatives re-mined with the live
-params every K steps, mine.every=K). Every variant trains the same stage-1-like retrieval mix (SciFact + TrecQA
-train, --negatives hard negatives, queries/passages cut to --query-len/--passage-len tokens, batch --batch) from
-the base with the project's own trainer code.
+Variants (--variants, comma-separated): `full`, `lora:R` (rank R, alpha 2R unless --lora-alpha, lr --lora-lr),
+`top:N` (the top N layers + final norm; embedding frozen), and any of them with `+refresh:K` (hard negatives
+re-mined with the live params every K steps, mine.every=K). Each variant changes only that (`apply_variant`).
 
-- `cost`: per variant in a fresh process: the real step (train/loop.build_state_and_steps) compiled ahead of time on one
-  fixed batch, XLA's memory analysis of it (temporaries, arguments), the optimizer state's bytes, trainable
-  parameters, the median of --repeats timed steps after one warm-up, and the process's peak RSS.
-- `quality`: per variant in a fresh process: `train.run` for --steps steps into OUT/<variant>, then the local
-  evaluation tasks (--tasks, --max-examples, eval/tasks.py) on the final params (LoRA merged); the base is
-  evaluated too. Loss, wall time, refresh cost (mine/* metrics) are reported beside the scores.
+- `cost`: per variant in a fresh process: the real step (train/loop.build_state_and_steps) compiled ahead of time
+  on one fixed retrieval batch (SciFact + TrecQA train; --batch queries x (positive + --negatives), --query-len /
+  --passage-len tokens), XLA's memory analysis of it (temporaries, arguments), the optimizer state's bytes,
+  trainable parameters, the median of --repeats timed steps after one warm-up, and the process's peak RSS.
+- `quality`: per variant in a fresh process: `train.run` of the --config stage (default configs/smollm2.py's
+  short "stage 2 alone": every task type, 30 steps, hard negatives mined by the base, one embedding cache shared
+  by all variants) into OUT/<variant>, then the stage's evaluation tasks (dev splits, eval/tasks.py) on the final
+  params (LoRA merged); the base is evaluated too. Loss, wall time, refresh cost (mine/* metrics) beside the scores.
 - `merge`: the --parents' final params merged (linear 0.5/0.5, slerp t=0.5, TIES against the base at density
   --density) and evaluated beside the parents' scores (OUT/<variant> from `quality`).
 
@@ -33,11 +33,11 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
 from benchmarks.common import in_fresh_process, load_note, machine_load, peak_rss_mb  # noqa: E402
 
-DEFAULT_TASKS = "STSBenchmark,SICK-R,SciFact,TrecQAReranking,Banking77Classification"
 
 
 def _one_cpu_device() -> None:
@@ -49,19 +49,48 @@ def _one_cpu_device() -> None:
 
 # ----------------------------------------------------------------------------------------------- configs
 def parse_variant(variant: str) -> dict:
-    """'lora:8+refresh:10' -> {"kind": "lora", "arg": 8, "refresh": 10}."""
-    head, _, refresh = variant.partition("+refresh:")
+    """'lora:8+refresh:10+lr:1e-3' -> {"kind": "lora", "arg": 8, "refresh": 10, "lr": 1e-3}."""
+    head, *suffixes = variant.split("+")
     kind, _, arg = head.partition(":")
-    if kind not in ("full", "lora", "top") or (kind != "full" and not arg.isdigit()):
-        raise ValueError(f"variant {variant!r}: expected full, lora:R or top:N, optionally +refresh:K")
-    return {"kind": kind, "arg": int(arg) if arg else None, "refresh": int(refresh) if refresh else 0}
+    out = {"kind": kind, "arg": int(arg) if arg.isdigit() else None, "refresh": 0, "lr": 0.0}
+    try:
+        if kind not in ("full", "lora", "top") or (kind != "full") != arg.isdigit():
+            raise ValueError
+        for suffix in suffixes:
+            key, _, value = suffix.partition(":")
+            if key not in ("refresh", "lr"):
+                raise ValueError
+            out[key] = int(value) if key == "refresh" else float(value)
+    except ValueError:
+        raise ValueError(f"variant {variant!r}: expected full, lora:R or top:N, then optionally +refresh:K "
+                         f"and +lr:X") from None
+    return out
+
+
+def apply_variant(c, args, variant: str) -> None:
+    """What a variant changes in a stage config: LoRA (rank, alpha, dropout, its own lr), the trainable layers, the
+    refresh cadence. Everything else (data, batch, steps, seed) stays the config's."""
+    v = parse_variant(variant)
+    if v["kind"] == "lora":
+        c.model.lora.rank = v["arg"]
+        c.model.lora.alpha = float(args.lora_alpha or 2 * v["arg"])
+        c.model.lora.dropout = args.lora_dropout
+        c.optim.lr = args.lora_lr
+    elif args.lr:
+        c.optim.lr = args.lr
+    if v["lr"]:
+        c.optim.lr = v["lr"]
+    if v["kind"] == "top":
+        c.model.trainable = f"top:{v['arg']}"
+    if v["refresh"]:
+        c.mine.every = v["refresh"]
 
 
 def make_config(args, variant: str, steps: int):
+    """`cost`: one retrieval stage (SciFact + TrecQA train) at the command line's batch and lengths."""
     from qzhou_jax.config.defaults import base
     from qzhou_jax.data import presets
 
-    v = parse_variant(variant)
     c = base()
     c.model.hf_dir = args.base
     c.model.dtype = "float32"
@@ -71,7 +100,7 @@ def make_config(args, variant: str, steps: int):
     c.train.log_every = 1
     c.train.seed = 0
     c.optim.warmup_steps = max(1, steps // 10)
-    c.optim.lr = args.lora_lr if v["kind"] == "lora" else args.lr
+    c.optim.lr = 1e-4
     c.checkpoint.every = steps
     c.checkpoint.keep = 1
     c.checkpoint.async_save = False
@@ -82,18 +111,42 @@ def make_config(args, variant: str, steps: int):
                                         chinese=False)
     c.data.batch_size = dict(retrieval=args.batch, pair_score=args.batch, classification=args.batch)
     c.data.buckets = tuple(b for b in (16, 32, 64, 128, 256) if b < args.passage_len) + (args.passage_len,)
-    if v["kind"] == "lora":
-        c.model.lora.rank = v["arg"]
-        c.model.lora.alpha = float(args.lora_alpha or 2 * v["arg"])
-        c.model.lora.dropout = args.lora_dropout
-    elif v["kind"] == "top":
-        c.model.trainable = f"top:{v['arg']}"
-    if v["refresh"]:
-        c.mine.every = v["refresh"]
-        c.mine.window = (args.mine_start, args.mine_start + 20)
-        c.mine.max_length = args.passage_len
-        c.mine.batch_size = 32
+    apply_variant(c, args, variant)
     return c
+
+
+def stage_config(args, variant: str):
+    """`quality`: the --config stage (default: configs/smollm2.py's short stage-2 mix from the base, the design-choice
+    sweep's "stage 2 alone" row) with the variant applied; its own evaluation off (the benchmark scores every model
+    with one function, `_evaluate`, at the stage's evaluation settings)."""
+    from qzhou_jax.config.loader import load_config
+
+    c = load_config(os.path.join(REPO_ROOT, args.config))
+    c.model.hf_dir = args.base
+    c.mesh.shape = (1, 1, 1)
+    if args.steps:
+        c.train.steps = c.checkpoint.every = args.steps
+    c.checkpoint.keep = 1
+    c.eval.tasks = ()
+    c.export.at_end = False
+    c.plot = False
+    if c.mine.enabled:  # mined by the base for every variant: one shared embedding cache encodes the corpus once
+        c.mine.cache = os.path.join(os.path.abspath(args.out), "base_mining_cache")
+    if args.max_train_examples:
+        c.data.datasets = tuple(dict(d, max_examples=args.max_train_examples) for d in c.data.datasets)
+    apply_variant(c, args, variant)
+    return c
+
+
+def eval_settings(args) -> dict:
+    """Tasks, split, examples and length of the --config stage's own evaluation (configs/smollm2.py ablation: STS-B,
+    SICK-R, TrecQA reranking, TREC classification; dev splits, 150 examples, 64 tokens); --tasks and
+    --max-examples override."""
+    from qzhou_jax.config.loader import load_config
+
+    c = load_config(os.path.join(REPO_ROOT, args.config)).eval
+    return {"tasks": args.tasks or list(c.tasks), "split": c.split or None,
+            "max_examples": args.max_examples or c.max_examples, "max_length": c.max_length}
 
 
 # -------------------------------------------------------------------------------------------------- cost
@@ -164,8 +217,9 @@ def _evaluate(args, model: str) -> dict:
     _one_cpu_device()
     from qzhou_jax.eval.evaluate import evaluate, load_encoder
 
-    encoder = load_encoder(model, max_length=args.eval_max_length, batch_size=32)
-    rows = evaluate(encoder, args.tasks, max_examples=args.max_examples, model_name=model)
+    e = eval_settings(args)
+    encoder = load_encoder(model, max_length=e["max_length"], batch_size=32)
+    rows = evaluate(encoder, e["tasks"], split=e["split"], max_examples=e["max_examples"], model_name=model)
     return {r["task"]: r["value"] for r in rows if r["metric"] == "main_score"}
 
 
@@ -176,7 +230,7 @@ def _train_and_evaluate(args, variant: str) -> dict:
 
     workdir = os.path.join(args.out, variant)
     t = time.time()
-    summary = train.run(make_config(args, variant, args.steps), workdir)
+    summary = train.run(stage_config(args, variant), workdir)
     train_s = time.time() - t
     metrics = read_metrics(workdir)
     losses = [r["loss"] for r in metrics if "loss" in r]
@@ -201,14 +255,30 @@ def _table(rows: list[dict], first_col: str) -> None:
 
 
 def run_quality(args) -> list[dict]:
+    """The base and every variant; a variant already in OUT/quality.json for this --config and --steps is read
+    back, not trained again (results are written after each variant, so an interrupted run resumes)."""
     os.makedirs(args.out, exist_ok=True)
-    rows = [{"variant": "base (untrained)", "scores": in_fresh_process(_evaluate, args, args.base)}]
-    print(f"base: {json.dumps(rows[0])}", flush=True)
+    path = os.path.join(args.out, "quality.json")
+    key = {"config": args.config, "steps": args.steps, "max_train_examples": args.max_train_examples}
+    done = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            done = {r["variant"]: r for r in json.load(f).get("rows", []) if r.get("key") == key}
+    rows = []
+
+    def keep(row):
+        rows.append(dict(row, key=key))
+        print(f"{row['variant']}: {json.dumps(row)}", flush=True)
+        earlier = [r for v, r in done.items() if v not in {x["variant"] for x in rows}]
+        with open(path + ".tmp", "w") as f:
+            json.dump({"phase": "quality", "rows": rows + earlier}, f, indent=1, default=str)
+        os.replace(path + ".tmp", path)
+
+    base = "base (untrained)"
+    keep(done.get(base) or {"variant": base, "scores": in_fresh_process(_evaluate, args, args.base)})
     for variant in args.variants:
-        row = in_fresh_process(_train_and_evaluate, args, variant)
-        print(f"{variant}: {json.dumps(row)}", flush=True)
-        rows.append(row)
-    _table(rows, f"after {args.steps} steps")
+        keep(done.get(variant) or in_fresh_process(_train_and_evaluate, args, variant))
+    _table(rows, f"after {rows[-1].get('steps')} steps")
     print("\n| variant | loss first -> mean of last 5 | train s | refresh s | peak RSS MB |\n|---|---|---|---|---|")
     for r in rows[1:]:
         print(f"| {r['variant']} | {r['first_loss']:.3f} -> {r['mean_last5_loss']:.3f} | {r['train_s']:.0f} | "
@@ -249,24 +319,26 @@ def main(argv=None) -> dict:
     parser.add_argument("phase", choices=("cost", "quality", "merge"))
     parser.add_argument("--base", required=True, help="HF Qwen2 directory (e.g. SmolLM2-135M converted)")
     parser.add_argument("--out", default="/tmp/qzhou-finetuning", help="workdirs and results (quality, merge)")
-    parser.add_argument("--variants", default="full,lora:8,lora:32,top:8",
+    parser.add_argument("--variants", default="full,lora:8,lora:32,top:15",
                         type=lambda s: [v.strip() for v in s.split(",") if v.strip()])
-    parser.add_argument("--steps", type=int, default=20, help="training steps per variant (quality)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (cost)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--negatives", type=int, default=1)
-    parser.add_argument("--query-len", type=int, default=32)
-    parser.add_argument("--passage-len", type=int, default=64)
-    parser.add_argument("--max-train-examples", type=int, default=2000)
-    parser.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"))
-    parser.add_argument("--lr", type=float, default=2e-5, help="full and top-N (the recipe's stage lr range)")
-    parser.add_argument("--lora-lr", type=float, default=2e-4, help="LoRA (peers' LoRA recipes use 1e-4..2e-4)")
+    parser.add_argument("--config", default="configs/smollm2.py:ablation:stage2-alone",
+                        help="quality: the stage every variant trains (path relative to the repository, :arg)")
+    parser.add_argument("--steps", type=int, default=0, help="quality: training steps per variant (0: the config's)")
+    parser.add_argument("--max-train-examples", type=int, default=0, help="rows per dataset (0: the config's / all)")
+    parser.add_argument("--repeats", type=int, default=3, help="cost: timed steps per variant")
+    parser.add_argument("--batch", type=int, default=8, help="cost: queries per batch")
+    parser.add_argument("--negatives", type=int, default=1, help="cost: hard negatives per query")
+    parser.add_argument("--query-len", type=int, default=32, help="cost")
+    parser.add_argument("--passage-len", type=int, default=64, help="cost")
+    parser.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"), help="cost")
+    parser.add_argument("--lr", type=float, default=0.0, help="full and top-N (0: the config's; cost: 1e-4)")
+    parser.add_argument("--lora-lr", type=float, default=5e-4,
+                        help="LoRA (5x the full lr: LoRA's best lr is commonly 5-10x full fine-tuning's)")
     parser.add_argument("--lora-alpha", type=float, default=0.0, help="0: 2 x rank")
     parser.add_argument("--lora-dropout", type=float, default=0.1)
-    parser.add_argument("--mine-start", type=int, default=10, help="refresh: rank window start (window of 20)")
-    parser.add_argument("--tasks", default=DEFAULT_TASKS, type=lambda s: [t for t in s.split(",") if t])
-    parser.add_argument("--max-examples", type=int, default=100, help="per evaluation task")
-    parser.add_argument("--eval-max-length", type=int, default=128)
+    parser.add_argument("--tasks", default="", type=lambda s: [t for t in s.split(",") if t],
+                        help="evaluation tasks (default: the --config stage's eval.tasks)")
+    parser.add_argument("--max-examples", type=int, default=0, help="per evaluation task (0: the config's)")
     parser.add_argument("--parents", default="full,lora:32", type=lambda s: s.split(","))
     parser.add_argument("--methods", default="linear,slerp,ties", type=lambda s: s.split(","))
     parser.add_argument("--density", type=float, default=0.5, help="ties: fraction of each task vector kept")
@@ -279,10 +351,13 @@ def main(argv=None) -> dict:
     load = machine_load(load_before, os.getloadavg()[0])
     print(load_note(load) + f"; {time.time() - t:.0f}s in all", flush=True)
     result = {"phase": args.phase, "rows": rows, "load": load, "args": {k: v for k, v in vars(args).items()}}
-    if args.phase != "cost" or args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"{args.phase}.json"), "w") as f:
-            json.dump(result, f, indent=1, default=str)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{args.phase}.json")
+    if args.phase == "quality":  # every row run_quality kept: this run's first, then earlier runs' other variants
+        with open(path) as f:
+            result["rows"] = json.load(f)["rows"]
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
     print(json.dumps(result, default=str))
     return result
 
