@@ -344,7 +344,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--density", type=float, default=0.5, help="ties: fraction of each task vector kept")
     args = parser.parse_args(argv)
     for v in args.variants:
-        parse_variant(v)
+        try:
+            parse_variant(v)
+        except ValueError as e:
+            parser.error(f"--variants: {e}")  # one line and exit 2, no traceback
     load_before = os.getloadavg()[0]
     t = time.time()
     rows = {"cost": run_cost, "quality": run_quality, "merge": run_merge}[args.phase](args)

@@ -58,3 +58,11 @@ def test_a_variant_changes_only_what_it_names(tmp_path):
                               ("full+refresh:10", {"mine.every": 10})]:
         other = flatten(bench.stage_config(args, variant).to_dict())
         assert {k: v for k, v in other.items() if full[k] != v} == expected, variant
+
+
+def test_a_bad_variant_is_one_usage_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["cost", "--base", "unused", "--variants", "full,lora"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--variants: variant 'lora': expected full, lora:R or top:N" in err and "Traceback" not in err
