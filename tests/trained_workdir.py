@@ -11,6 +11,11 @@ COMMON = ["--config.train.log_every=1", "--config.checkpoint.every=2", "--config
           "--config.checkpoint.async_save=False"]
 
 
+def each_stage(*settings, stages=(1, 2)):
+    """`--config.stages.stageN.<setting>` for every stage of configs/demo.py's two-stage run."""
+    return [f"--config.stages.stage{i}.{s}" for i in stages for s in settings]
+
+
 def demo_config(*overrides):
     return train.load_config("configs/demo.py:stage1", COMMON + list(overrides))
 

@@ -5,16 +5,13 @@ import pytest
 
 from qzhou_jax.run import checkpoint, meta as run_meta
 from qzhou_jax.train import loop as train
+from tests.trained_workdir import each_stage
 
 
 @pytest.mark.slow
 def test_merge_stage_merges_the_stages_it_follows(tmp_path):
-    stage = "--config.stages.stage{}."
-    overrides = []
-    for i in (1, 2):
-        overrides += [stage.format(i) + "train.steps=2", stage.format(i) + "plot=False",
-                      stage.format(i) + "eval.tasks=()", stage.format(i) + "checkpoint.async_save=False",
-                      stage.format(i) + "export.at_end=False"]
+    overrides = each_stage("train.steps=2", "plot=False", "eval.tasks=()", "checkpoint.async_save=False",
+                           "export.at_end=False")
     cfg = train.load_config("configs/demo.py", overrides)
     with cfg.unlocked():
         merged_stage = cfg.stages.stage2.copy_and_resolve_references()

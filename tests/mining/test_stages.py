@@ -11,17 +11,15 @@ from qzhou_jax.train import loop as train
 from qzhou_jax.encode import Encoder
 from qzhou_jax.mining.stages import mining_model, remine_for_stage
 from qzhou_jax.tokenizer import format_query, load_tokenizer
+from tests.trained_workdir import each_stage
 
 pytestmark = pytest.mark.slow
 SAMPLES, WINDOW = 80, (5, 20)
 
 
 def two_stage_config():
-    overrides = []
-    for i in (1, 2):
-        s = f"--config.stages.stage{i}."
-        overrides += [s + "train.steps=2", s + "plot=False", s + "eval.tasks=()", s + "export.at_end=False",
-                      s + "checkpoint.async_save=False", s + "train.log_every=1"]
+    overrides = each_stage("train.steps=2", "plot=False", "eval.tasks=()", "export.at_end=False",
+                           "checkpoint.async_save=False", "train.log_every=1")
     overrides += ["--config.stages.stage2.mine.enabled=True", "--config.stages.stage2.mine.datasets=('scifact',)",
                   f"--config.stages.stage2.mine.window={WINDOW}", "--config.stages.stage2.mine.rule=max_score_ratio", "--config.stages.stage2.mine.rule_value=0.99"]
     cfg = train.load_config("configs/demo.py", overrides)

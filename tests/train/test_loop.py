@@ -9,6 +9,7 @@ from qzhou_jax.train import loop as train
 from qzhou_jax.cli import train as train_cli
 from qzhou_jax.train.metrics import read_metrics
 from tests.cli_run import run_main
+from tests.trained_workdir import each_stage
 
 STAGE1 = "configs/demo.py:stage1"
 
@@ -56,12 +57,8 @@ def test_both_stages_hand_off_and_export_matches_sentence_transformers(tmp_path,
     from qzhou_jax.tokenizer import load_tokenizer
     from sentence_transformers import SentenceTransformer
 
-    stage = "--config.stages.stage{}."
-    overrides = []
-    for i in (1, 2):
-        overrides += [stage.format(i) + "train.steps=3", stage.format(i) + "plot=False",
-                      stage.format(i) + "eval.tasks=()", stage.format(i) + "mesh.shape=(2,2,2)",
-                      stage.format(i) + "checkpoint.async_save=False"]
+    overrides = each_stage("train.steps=3", "plot=False", "eval.tasks=()", "mesh.shape=(2,2,2)",
+                           "checkpoint.async_save=False")
     overrides += ["--config.stages.stage1.export.at_end=False"]
     cfg = train.load_config("configs/demo.py", overrides)
     started = []  # per stage run: its workdir and the params init_params gave it
@@ -113,8 +110,7 @@ def test_gradient_accumulation_applies_every_k_steps(tmp_path):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STAGES = [f"--config.stages.stage{i}.{kv}" for i in (1, 2) for kv in (
-    "train.steps=4", "train.log_every=1", "checkpoint.every=100", "eval.tasks=()", "plot=False")]
+STAGES = each_stage("train.steps=4", "train.log_every=1", "checkpoint.every=100", "eval.tasks=()", "plot=False")
 STAGES += ["--config.stages.stage1.export.at_end=False"]
 
 
